@@ -1,0 +1,2 @@
+"""The worker side: runs inside a Slurm job (or a local process), starts an engine, connects to the
+broker, serves WorkItems. Entry point: `python -m tsslurm.launcher`."""

@@ -1,0 +1,1 @@
+"""Engines behind the launcher: `vllm` (real AsyncLLM) and `mock` (profile-timed emulation)."""
