@@ -1,5 +1,9 @@
 """Policies by name. A plain dict of name -> PolicySpec; a user's own policy loads from
-`module:function` (the function carries a `params_type` attribute, or takes a dict)."""
+`module:function` (the function carries a `params_type` attribute, or takes a dict).
+
+A policy is `decide(snapshot, params, state) -> Decision`: `params` is an instance of its
+params_type (frozen, with defaults) or a dict, `state` is the `Decision.state` it returned last
+time ({} at first). runner.PolicyRunner wraps it with the guards and the reconciler."""
 
 from __future__ import annotations
 
@@ -13,14 +17,23 @@ import msgspec
 class PolicySpec(msgspec.Struct, frozen=True):
     decide: Callable[..., Any]
     params_type: type | None = None
+    startup_scale: float = 1.0
+    """What the simulator multiplies queue wait and model load by for this policy: 0.0 grants
+    BlitzScale its idealised live scaling (near-zero start-up); every other policy pays 1.0."""
+    knob: str | None = None
+    """The parameter a cost-SLO sweep varies (threshold, percentile, target)."""
+    knob_values: tuple[float, ...] = ()
+    """The values a sweep tries, default included."""
 
 
 POLICIES: dict[str, PolicySpec] = {}
 
 
-def register(name: str, params_type: type | None = None) -> Callable[[Callable], Callable]:
+def register(name: str, params_type: type | None = None, *, startup_scale: float = 1.0,
+             knob: str | None = None,
+             knob_values: tuple[float, ...] = ()) -> Callable[[Callable], Callable]:
     def wrap(decide: Callable) -> Callable:
-        POLICIES[name] = PolicySpec(decide, params_type)
+        POLICIES[name] = PolicySpec(decide, params_type, startup_scale, knob, knob_values)
         return decide
     return wrap
 
@@ -59,4 +72,4 @@ def _load_builtin() -> None:
         importlib.import_module(module)
 
 
-BUILTIN_MODULES: list[str] = []
+BUILTIN_MODULES: list[str] = ["tsslurm.policy.tokenscale", "tsslurm.policy.baselines"]
