@@ -5,6 +5,7 @@ instant on a login node."""
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import click
 
@@ -34,6 +35,55 @@ def check_profile(profile: str) -> None:
 @cli.group("dev-cluster")
 def dev_cluster() -> None:
     """A private single-host Slurm cluster for development and CI (root, Debian)."""
+
+
+_dir_option = click.option(
+    "--dir", "root", type=click.Path(file_okay=False, path_type=Path), default=None,
+    help="Private directory of the cluster [env TSSLURM_DEVCLUSTER_DIR; default <repo>/.devcluster]")
+
+
+@dev_cluster.command("up")
+@_dir_option
+@click.option("--nodes-per-partition", type=click.IntRange(1, 8), default=None,
+              help="Nodes in each of the a100 and h100 partitions [1, or as before]")
+@click.option("--accounting/--no-accounting", default=None,
+              help="slurmdbd + MariaDB (real sacct) [on, or as before]")
+@click.option("--port-base", type=click.IntRange(1024, 65000), default=None,
+              help="Ports used: base+6 (MariaDB), +17 (slurmctld), +19 (slurmdbd), +21.. (slurmd)")
+@click.option("--enforce-memory/--no-enforce-memory", default=None,
+              help="Kill jobs over their --mem, ending OUT_OF_MEMORY [off, or as before]")
+def dev_cluster_up(root: Path | None, nodes_per_partition: int | None, accounting: bool | None,
+                   port_base: int | None, enforce_memory: bool | None) -> None:
+    """Install (apt) and start the cluster, or heal it when it already runs."""
+    from tsslurm.devcluster.cluster import resolve_layout, up
+
+    layout = resolve_layout(root, nodes_per_partition=nodes_per_partition, accounting=accounting,
+                            port_base=port_base, enforce_memory=enforce_memory)
+    took = up(layout, _progress)
+    click.echo(f"dev cluster up in {took:.1f} s: export SLURM_CONF={layout.slurm_conf}")
+
+
+@dev_cluster.command("down")
+@_dir_option
+@click.option("--wipe", is_flag=True, help="Also delete the directory (state, logs, database)")
+def dev_cluster_down(root: Path | None, wipe: bool) -> None:
+    """Cancel every job and stop the daemons this cluster started."""
+    from tsslurm.devcluster.cluster import down, resolve_layout
+
+    down(resolve_layout(root), wipe, _progress)
+
+
+@dev_cluster.command("status")
+@_dir_option
+def dev_cluster_status(root: Path | None) -> None:
+    """Daemons, nodes and partitions."""
+    from tsslurm.devcluster.cluster import resolve_layout, status
+
+    click.echo(status(resolve_layout(root)))
+
+
+def _progress(message: str) -> None:
+    click.echo(f"dev-cluster: {message}", err=True)
 
 
 def main() -> None:

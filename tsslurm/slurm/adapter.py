@@ -1,0 +1,261 @@
+"""The Slurm adapter: the only code in tsslurm that runs Slurm commands.
+
+Actions (submit, cancel, hold, release, node state, cluster registration) fail loudly with a
+`SlurmError` carrying argv, exit code, stdout and stderr. Observations degrade: a failed `poll`
+logs, keeps the last-known states and marks the result stale. Polling is batched: one `squeue`
+for every job still live, one `sacct` (or `sacct -c` without slurmdbd) for those that ended or
+left squeue; final states are cached and never asked for again. Every command has a timeout."""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+
+import msgspec
+
+from tsslurm.errors import UserError
+from tsslurm.slurm import parse
+from tsslurm.slurm.parse import JobStatus, NodeInfo, PartitionInfo
+
+log = logging.getLogger(__name__)
+
+DEFAULT_TIMEOUT_S = 20.0
+NODE_STATES = frozenset({"DOWN", "DRAIN", "RESUME", "UNDRAIN", "IDLE", "FAIL"})
+_ALREADY_DONE = ("already completing or completed", "Job has already finished")
+
+
+class SlurmError(UserError):
+    """A Slurm command failed: carries argv, exit code (None on timeout), stdout and stderr."""
+
+    def __init__(self, argv: Sequence[str], returncode: int | None, stdout: str, stderr: str,
+                 message: str = ""):
+        self.argv = list(argv)
+        self.returncode = returncode
+        self.stdout = stdout
+        self.stderr = stderr
+        detail = message or (stderr.strip() or stdout.strip() or "no output")
+        status = "timed out" if returncode is None else f"failed (exit {returncode})"
+        super().__init__(f"`{' '.join(self.argv)}` {status}: {detail}")
+
+
+class PollResult(msgspec.Struct, frozen=True):
+    """States of the polled jobs. `stale`: some come from an earlier poll because this one failed
+    (`error` says why); ids Slurm no longer knows and never reported are in `missing`."""
+
+    statuses: dict[str, JobStatus]
+    stale: bool = False
+    error: str | None = None
+    missing: tuple[str, ...] = ()
+
+
+class SlurmAdapter:
+    """Runs Slurm's client commands against one cluster (the one `env`'s SLURM_CONF names)."""
+
+    def __init__(self, env: Mapping[str, str] | None = None,
+                 timeout_s: float = DEFAULT_TIMEOUT_S):
+        self.env = dict(os.environ if env is None else env)
+        self.timeout_s = timeout_s
+        self._final: dict[str, JobStatus] = {}
+        self._last: dict[str, JobStatus] = {}
+        self._config: dict[str, str] | None = None
+
+    @classmethod
+    def for_conf(cls, slurm_conf: str | os.PathLike[str], **kwargs: float) -> SlurmAdapter:
+        """An adapter bound to the cluster described by `slurm_conf`."""
+        return cls({**os.environ, "SLURM_CONF": str(Path(slurm_conf).resolve())}, **kwargs)
+
+    def run(self, argv: Sequence[str], stdin: str | None = None,
+            timeout_s: float | None = None) -> str:
+        """Run one Slurm command; its stdout, or a SlurmError."""
+        limit = self.timeout_s if timeout_s is None else timeout_s
+        started = time.monotonic()
+        try:
+            done = subprocess.run(list(argv), input=stdin, capture_output=True, text=True,
+                                  timeout=limit, env=self.env, check=False)
+        except FileNotFoundError:
+            raise SlurmError(argv, 127, "", "", f"{argv[0]} not found (is Slurm installed?)") from None
+        except subprocess.TimeoutExpired as expired:
+            raise SlurmError(argv, None, _text(expired.stdout), _text(expired.stderr),
+                             f"no answer within {limit:g} s (is slurmctld up?)") from None
+        log.debug("%s: exit %d in %.3f s", argv[0], done.returncode, time.monotonic() - started)
+        if done.returncode != 0:
+            raise SlurmError(argv, done.returncode, done.stdout, done.stderr)
+        return done.stdout
+
+    # actions
+
+    def submit(self, script: str, extra_args: Sequence[str] = ()) -> str:
+        """Submit a batch script (given as text, on sbatch's stdin); returns the job id."""
+        argv = ["sbatch", "--parsable", *extra_args]
+        out = self.run(argv, stdin=script)
+        try:
+            return parse.parse_job_id(out)
+        except parse.SlurmParseError as error:
+            raise SlurmError(argv, 0, out, "", str(error)) from None
+
+    def cancel(self, job_ids: Iterable[str], signal: str | None = None,
+               batch_only: bool = False) -> None:
+        """scancel the jobs (or send them `signal`, to the batch shell only with `batch_only`).
+
+        Jobs that already ended are not an error."""
+        ids = list(dict.fromkeys(job_ids))
+        if not ids:
+            return
+        argv = ["scancel", *([f"--signal={signal}"] if signal else []),
+                *(["--batch"] if batch_only else []), *ids]
+        try:
+            self.run(argv)
+        except SlurmError as error:
+            if not _only_already_done(error.stderr):
+                raise
+
+    def hold(self, job_ids: Iterable[str]) -> None:
+        self._scontrol_jobs("hold", job_ids)
+
+    def release(self, job_ids: Iterable[str]) -> None:
+        self._scontrol_jobs("release", job_ids)
+
+    def _scontrol_jobs(self, verb: str, job_ids: Iterable[str]) -> None:
+        ids = list(dict.fromkeys(job_ids))
+        if ids:
+            self.run(["scontrol", verb, ",".join(ids)])
+
+    def set_node_state(self, node: str, state: str, reason: str | None = None) -> None:
+        """scontrol update NodeName=.. State=DOWN|DRAIN|RESUME.. (DOWN and DRAIN need a reason)."""
+        wanted = state.upper()
+        if wanted not in NODE_STATES:
+            raise UserError(f"node state {state!r} is not one of {', '.join(sorted(NODE_STATES))}")
+        if wanted in {"DOWN", "DRAIN", "FAIL"} and not reason:
+            raise UserError(f"setting a node {wanted} needs a reason")
+        argv = ["scontrol", "update", f"NodeName={node}", f"State={wanted}"]
+        self.run(argv + ([f"Reason={reason}"] if reason else []))
+
+    def reconfigure(self) -> None:
+        """Make slurmctld and every slurmd re-read slurm.conf."""
+        self.run(["scontrol", "reconfigure"])
+        self._config = None
+
+    def register_cluster(self, name: str) -> bool:
+        """Add `name` to the accounting database unless it is there; True when added."""
+        listed = parse.parse_list(self.run(["sacctmgr", "-n", "-P", "list", "cluster",
+                                            "format=Cluster"]))
+        if name in listed:
+            return False
+        self.run(["sacctmgr", "-i", "add", "cluster", name])
+        return True
+
+    # observations
+
+    def ping(self, timeout_s: float = 5.0) -> bool:
+        """True when slurmctld answers."""
+        try:
+            return parse.parse_ping(self.run(["scontrol", "ping"], timeout_s=timeout_s))
+        except SlurmError:
+            return False
+
+    def jobs(self, name_prefix: str = "") -> list[JobStatus]:
+        """Every job squeue shows (all states), optionally only those whose name starts so."""
+        out = self.run(["squeue", "-h", "-t", "all", "-o", parse.SQUEUE_FORMAT])
+        return [job for job in parse.parse_squeue(out).values() if job.name.startswith(name_prefix)]
+
+    def nodes(self) -> list[NodeInfo]:
+        return parse.parse_sinfo_nodes(self._sinfo())
+
+    def partitions(self) -> list[PartitionInfo]:
+        return parse.parse_sinfo_partitions(self._sinfo())
+
+    def _sinfo(self) -> str:
+        return self.run(["sinfo", "-h", "-N", "-o", parse.SINFO_FORMAT])
+
+    def config(self) -> dict[str, str]:
+        """`scontrol show config` (cached: it does not change under a running cluster)."""
+        if self._config is None:
+            self._config = parse.parse_key_values(self.run(["scontrol", "show", "config"]))
+        return self._config
+
+    @property
+    def has_accounting(self) -> bool:
+        """True with slurmdbd (real sacct); False means finished jobs come from `sacct -c`."""
+        return self.config().get("AccountingStorageType", "") == "accounting_storage/slurmdbd"
+
+    def poll(self, job_ids: Iterable[str]) -> PollResult:
+        """States of `job_ids`: one squeue for the live ones, one sacct for those that ended."""
+        ids = list(dict.fromkeys(job_ids))
+        live = [job_id for job_id in ids if job_id not in self._final]
+        fresh: dict[str, JobStatus] = {}
+        error = None
+        try:
+            fresh = self._poll_live(live)
+        except SlurmError as failure:
+            error = str(failure)
+            log.warning("slurm poll failed, keeping last-known states: %s", failure)
+        for status in fresh.values():
+            self._remember(status)
+        return self._result(ids, fresh, error)
+
+    def _poll_live(self, ids: list[str]) -> dict[str, JobStatus]:
+        if not ids:
+            return {}
+        statuses = self._squeue(ids)
+        ended = [job_id for job_id in ids if job_id not in statuses or statuses[job_id].final]
+        if ended:
+            finished = self._sacct(ended)
+            statuses.update({k: v for k, v in finished.items() if v.final or k not in statuses})
+        return statuses
+
+    def _squeue(self, ids: list[str]) -> dict[str, JobStatus]:
+        argv = ["squeue", "-h", "-t", "all", "-o", parse.SQUEUE_FORMAT, "-j", ",".join(ids)]
+        try:
+            out = self.run(argv)
+        except SlurmError as error:
+            if "Invalid job id" in error.stderr:
+                return {}
+            raise
+        return _parsed(argv, out, parse.parse_squeue)
+
+    def _sacct(self, ids: list[str]) -> dict[str, JobStatus]:
+        jobcomp = not self.has_accounting
+        fields = parse.JOBCOMP_FIELDS if jobcomp else parse.SACCT_FIELDS
+        argv = ["sacct", *(["-c"] if jobcomp else []), "-n", "-P", "-X",
+                "-o", ",".join(fields), "-j", ",".join(ids)]
+        out = self.run(argv)
+        return _parsed(argv, out, lambda text: parse.parse_sacct(text, jobcomp=jobcomp))
+
+    def _remember(self, status: JobStatus) -> None:
+        self._last[status.job_id] = status
+        if status.final and status.source != "squeue":
+            self._final[status.job_id] = status
+            self._last.pop(status.job_id, None)
+
+    def _result(self, ids: list[str], fresh: dict[str, JobStatus], error: str | None) -> PollResult:
+        statuses: dict[str, JobStatus] = {}
+        missing = []
+        for job_id in ids:
+            known = self._final.get(job_id) or fresh.get(job_id) or self._last.get(job_id)
+            if known is None:
+                missing.append(job_id)
+            else:
+                statuses[job_id] = known
+        return PollResult(statuses, stale=error is not None, error=error, missing=tuple(missing))
+
+
+def _parsed(argv: Sequence[str], out: str, parser) -> dict[str, JobStatus]:
+    try:
+        return parser(out)
+    except parse.SlurmParseError as error:
+        raise SlurmError(argv, 0, out, "", f"unexpected output: {error}") from None
+
+
+def _only_already_done(stderr: str) -> bool:
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    return bool(lines) and all(any(m in line for m in _ALREADY_DONE) for line in lines)
+
+
+def _text(data: bytes | str | None) -> str:
+    if data is None:
+        return ""
+    return data if isinstance(data, str) else data.decode(errors="replace")
