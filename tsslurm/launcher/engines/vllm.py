@@ -1,0 +1,416 @@
+"""The real engine behind the launcher: an in-process vLLM `AsyncLLM` built from the profile.
+
+It owns the translation between tsslurm's WorkItems and vLLM requests (token ids in, token-id
+deltas out, `kv_transfer_params` in and out), the KV connector configuration (NixlConnector, or
+ExampleConnector over a shared directory whose files it sweeps), the engine's own statistics
+(through a vLLM stat logger, no scraping) and turning every engine failure into an EngineError.
+
+One engine serves every role: the connector runs with kv_role "kv_both" and each request's mode
+decides what it does. "prefill" asks for remote decode and returns no tokens (the decoder
+generates the first token itself from the pulled KV); "decode" pulls the KV its params name;
+"full" prefills and decodes locally, which is what a convertible decoder does with a burst.
+
+Only APIs the CPU and CUDA builds of vLLM share are used; vllm is imported inside `start`."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import shutil
+import socket
+import threading
+import time
+from collections.abc import AsyncIterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from tsslurm.launcher.engines.base import EngineError, EngineInfo
+from tsslurm.launcher.engines.vllm_stats import EngineCounters, StatsCollector
+from tsslurm.profile.schema import Profile
+from tsslurm.protocol import OutputItem, Sampling, WorkerStats, WorkItem
+
+log = logging.getLogger(__name__)
+
+PREFILL_PARAMS: dict[str, Any] = {
+    "do_remote_decode": True, "do_remote_prefill": False, "remote_engine_id": None,
+    "remote_block_ids": None, "remote_host": None, "remote_port": None,
+}
+"""What a prefill request carries: keep the KV for a remote decoder (vLLM's disaggregation API)."""
+
+KV_FILE_TTL_S = 480.0
+"""ExampleConnector files older than this are deleted (NIXL's own default block TTL)."""
+
+_spawn_lock = threading.Lock()
+"""vLLM reads its settings from the environment of the engine-core process it spawns, so engines
+in one process (tests) set their environment and start one at a time."""
+
+
+class VllmEngine:
+    """A vLLM AsyncLLM serving WorkItems. The constructor only records settings; `start` loads."""
+
+    def __init__(self, profile: Profile, state_dir: str | os.PathLike[str], *,
+                 cpus: Sequence[int] | None = None, env: Mapping[str, str] | None = None,
+                 kv_file_ttl_s: float = KV_FILE_TTL_S) -> None:
+        """`cpus` pins the engine process to these CPUs with one compute thread each (e.g. [0]
+        and [1] for two engines on two cores); `env` adds variables for the engine process
+        (e.g. VLLM_NIXL_SIDE_CHANNEL_HOST)."""
+        self.profile = profile
+        self.state_dir = Path(state_dir).expanduser()
+        self.cpus = sorted(set(cpus)) if cpus is not None else None
+        self.extra_env = dict(env or {})
+        self.kv_file_ttl_s = kv_file_ttl_s
+        self.counters = EngineCounters()
+        self._collector = StatsCollector(self.counters)
+        self._llm: Any = None
+        self._capacity_tokens = 0
+        self._sweeper: asyncio.Task[None] | None = None
+        self.start_seconds = 0.0
+        self.engine_pids: list[int] = []
+        """The engine-core processes this engine started (children of this process)."""
+
+    # ---- lifecycle ---------------------------------------------------------------------------
+
+    async def start(self) -> EngineInfo:
+        """Load the model and start the engine core; raises EngineError with the reason."""
+        began = time.monotonic()
+        model_dir = _existing_model_dir(self.profile.model.path)
+        kv_config = self._kv_connector_config()
+        env = self._engine_env(kv_config)
+        args = self._engine_args(model_dir, kv_config)
+        self._llm = await asyncio.to_thread(self._spawn, args, env)
+        self._capacity_tokens = _kv_capacity_tokens(self._llm)
+        if kv_config["kv_connector"] == "ExampleConnector":
+            self._sweeper = asyncio.create_task(self._sweep_kv_files_forever())
+        self.start_seconds = time.monotonic() - began
+        log.info("vLLM engine ready in %.1f s (KV capacity %d tokens, connector %s)",
+                 self.start_seconds, self._capacity_tokens, kv_config["kv_connector"])
+        return EngineInfo(engine="vllm", version=_vllm_version(), kv_connector=kv_config,
+                          kv_capacity_tokens=self._capacity_tokens)
+
+    async def shutdown(self) -> None:
+        """Stop the engine core process and every task; idempotent."""
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
+        llm, self._llm = self._llm, None
+        if llm is None:
+            return
+        handler = getattr(llm, "output_handler", None)
+        if handler is not None:
+            handler.cancel()
+        await asyncio.to_thread(llm.shutdown)
+        await asyncio.to_thread(_reap, self.engine_pids)
+
+    # ---- serving -----------------------------------------------------------------------------
+
+    async def generate(self, item: WorkItem) -> AsyncIterator[OutputItem]:
+        """Stream one request's token deltas; the last output has finish_reason (and, for a
+        prefill, the engine's kv_transfer_params). A request the engine rejects ends with an
+        output carrying `error`; a dead engine raises EngineError."""
+        llm = self._running_engine()
+        from vllm.inputs import TokensPrompt
+
+        try:
+            params = self._sampling_params(item)
+            stream = llm.generate(TokensPrompt(prompt_token_ids=list(item.prompt_token_ids)),
+                                  params, item.request_id)
+            async for output in stream:
+                yield _to_output_item(item, output)
+        except (asyncio.CancelledError, GeneratorExit, EngineError):
+            raise
+        except Exception as error:
+            self._raise_if_dead(error)
+            yield OutputItem(request_id=item.request_id, finish_reason="abort",
+                             error=f"vLLM rejected the request: {_describe(error)}")
+
+    async def abort(self, request_id: str) -> None:
+        """Stop a request; its stream ends with finish_reason "abort". Unknown ids are ignored."""
+        if self._llm is not None:
+            await self._llm.abort(request_id)
+
+    def stats(self) -> WorkerStats:
+        """The engine's latest scheduler stats and token rates; raises EngineError if it died."""
+        self._running_engine()
+        return self._collector.worker_stats(self._capacity_tokens, time.monotonic())
+
+    # ---- configuration -----------------------------------------------------------------------
+
+    def _kv_connector_config(self) -> dict[str, Any]:
+        engine = self.profile.engine
+        if engine.kv_connector == "example":
+            return {"kv_connector": "ExampleConnector", "kv_role": "kv_both",
+                    "kv_connector_extra_config": {"shared_storage_path": str(self.kv_dir)}}
+        _check_nixl_dtype(engine.dtype)
+        return {"kv_connector": "NixlConnector", "kv_role": "kv_both",
+                "kv_buffer_device": "cpu" if _is_cpu_build() else "cuda"}
+
+    @property
+    def kv_dir(self) -> Path:
+        """Where the ExampleConnector keeps KV files: under the deployment state directory."""
+        return self.state_dir / "kv-example"
+
+    def _engine_env(self, kv_config: dict[str, Any]) -> dict[str, str]:
+        env = {"VLLM_ENABLE_V1_MULTIPROCESSING": "0"}
+        if self.cpus is not None:
+            env["OMP_NUM_THREADS"] = str(len(self.cpus))
+        if kv_config["kv_connector"] == "NixlConnector":
+            env.update(_nixl_side_channel(self.extra_env))
+        env.update(self.extra_env)
+        return env
+
+    def _engine_args(self, model_dir: Path, kv_config: dict[str, Any]) -> Any:
+        from vllm.config import KVTransferConfig
+        from vllm.engine.arg_utils import AsyncEngineArgs
+
+        model, engine = self.profile.model, self.profile.engine
+        if engine.kv_connector == "example":
+            self.kv_dir.mkdir(parents=True, exist_ok=True)
+        settings: dict[str, Any] = {
+            "model": str(model_dir),
+            "tokenizer": str(Path(model.tokenizer).expanduser()) if model.tokenizer else None,
+            "served_model_name": model.name,
+            "dtype": engine.dtype,
+            "tensor_parallel_size": model.tensor_parallel,
+            "max_model_len": model.max_context_tokens,
+            "kv_cache_memory_bytes": engine.kv_cache_bytes,
+            "enforce_eager": engine.enforce_eager,
+            "max_num_batched_tokens": engine.max_num_batched_tokens,
+            "kv_transfer_config": KVTransferConfig(**kv_config),
+            "disable_log_stats": True,
+        }
+        settings.update(engine.extra_args)
+        try:
+            return AsyncEngineArgs(**settings)
+        except TypeError as error:
+            raise EngineError(f"engine.extra_args: {error} (keys must be vLLM engine "
+                              f"arguments, e.g. max_num_seqs)") from None
+
+    def _spawn(self, args: Any, env: dict[str, str]) -> Any:
+        from vllm.v1.engine.async_llm import AsyncLLM
+
+        with _spawn_lock, _environment(env):
+            before = _child_pids()
+            try:
+                llm = AsyncLLM.from_engine_args(args, stat_loggers=[self._collector.factory])
+            except Exception as error:
+                raise EngineError(f"vLLM engine failed to start: {_describe(error)}") from error
+            self.engine_pids = sorted(_child_pids() - before)
+        if self.cpus is not None:
+            for pid in self.engine_pids:
+                _pin_process(pid, self.cpus)
+        return llm
+
+    def _sampling_params(self, item: WorkItem) -> Any:
+        from vllm.sampling_params import RequestOutputKind, SamplingParams
+
+        if item.mode not in ("prefill", "decode", "full"):
+            raise ValueError(f"unknown work mode {item.mode!r} (prefill, decode or full)")
+        kv_params = _kv_params_for(item)
+        sampling: Sampling = item.sampling
+        return SamplingParams(
+            max_tokens=1 if item.mode == "prefill" else item.max_tokens,
+            temperature=sampling.temperature, top_p=sampling.top_p, top_k=sampling.top_k,
+            seed=sampling.seed, stop_token_ids=list(sampling.stop_token_ids),
+            ignore_eos=sampling.ignore_eos, output_kind=RequestOutputKind.DELTA,
+            extra_args={"kv_transfer_params": kv_params} if kv_params is not None else None)
+
+    # ---- failures and housekeeping -----------------------------------------------------------
+
+    def _running_engine(self) -> Any:
+        if self._llm is None:
+            raise EngineError("the vLLM engine is not running (not started, or shut down)")
+        if self._llm.errored:
+            raise EngineError(f"the vLLM engine died: {_describe(self._llm.dead_error)}")
+        return self._llm
+
+    def _raise_if_dead(self, error: BaseException) -> None:
+        from vllm.v1.engine.exceptions import EngineDeadError
+
+        if isinstance(error, EngineDeadError) or (self._llm is not None and self._llm.errored):
+            raise EngineError(f"the vLLM engine died: {_describe(error)}") from error
+
+    async def _sweep_kv_files_forever(self) -> None:
+        while True:
+            await asyncio.to_thread(sweep_kv_files, self.kv_dir, self.kv_file_ttl_s, time.time())
+            await asyncio.sleep(max(self.kv_file_ttl_s / 4, 1.0))
+
+
+def sweep_kv_files(directory: Path, ttl_s: float, now: float) -> int:
+    """Delete ExampleConnector entries (one directory per prompt) older than ttl_s; the count."""
+    removed = 0
+    for entry in _entries(directory):
+        try:
+            if now - entry.stat().st_mtime > ttl_s:
+                shutil.rmtree(entry, ignore_errors=True)
+                removed += 1
+        except FileNotFoundError:
+            continue
+    return removed
+
+
+def _entries(directory: Path) -> list[Path]:
+    try:
+        return [entry for entry in directory.iterdir() if entry.is_dir()]
+    except FileNotFoundError:
+        return []
+
+
+def _kv_params_for(item: WorkItem) -> dict[str, Any] | None:
+    if item.mode == "prefill":
+        return dict(PREFILL_PARAMS)
+    if item.mode == "decode":
+        if item.kv_transfer_params is None:
+            raise ValueError("a decode work item needs the prefill's kv_transfer_params")
+        return item.kv_transfer_params
+    return None
+
+
+def _to_output_item(item: WorkItem, output: Any) -> OutputItem:
+    completion = output.outputs[0] if output.outputs else None
+    finish_reason = completion.finish_reason if output.finished and completion else None
+    if output.finished and finish_reason is None:
+        finish_reason = "abort"
+    if item.mode == "prefill":
+        params = output.kv_transfer_params if output.finished else None
+        return OutputItem(request_id=item.request_id, finish_reason=finish_reason,
+                          kv_transfer_params=_plain(params) if params else {})
+    tokens = list(completion.token_ids) if completion else []
+    return OutputItem(request_id=item.request_id, token_ids=tokens, finish_reason=finish_reason)
+
+
+def _plain(value: Any) -> Any:
+    """kv_transfer_params as plain msgpack-able values (vLLM may put tuples in them)."""
+    if isinstance(value, Mapping):
+        return {str(key): _plain(inner) for key, inner in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(inner) for inner in value]
+    return value
+
+
+def _existing_model_dir(path: str) -> Path:
+    model_dir = Path(path).expanduser()
+    if not (model_dir / "config.json").is_file():
+        hint = " (build it with `tsslurm build-tiny-model`)" if "tiny" in model_dir.name else ""
+        raise EngineError(f"no model at {model_dir}: config.json is missing{hint}")
+    return model_dir
+
+
+def _check_nixl_dtype(dtype: str) -> None:
+    if _is_cpu_build() and dtype not in ("float32", "float"):
+        raise EngineError(f"engine.dtype {dtype!r} with the nixl connector on CPU: vLLM's bf16 "
+                          f"CPU kernels crash the decoder (SIGILL); set engine.dtype: float32")
+
+
+def _nixl_side_channel(env: Mapping[str, str]) -> dict[str, str]:
+    """The host and port a decoder uses to reach this engine's NIXL metadata: from the
+    environment when set, else this node's address and a free port."""
+    host = env.get("VLLM_NIXL_SIDE_CHANNEL_HOST") or os.environ.get(
+        "VLLM_NIXL_SIDE_CHANNEL_HOST") or _node_address()
+    port = env.get("VLLM_NIXL_SIDE_CHANNEL_PORT") or os.environ.get(
+        "VLLM_NIXL_SIDE_CHANNEL_PORT") or str(_free_port(host))
+    return {"VLLM_NIXL_SIDE_CHANNEL_HOST": host, "VLLM_NIXL_SIDE_CHANNEL_PORT": port}
+
+
+def _node_address() -> str:
+    try:
+        return socket.gethostbyname(socket.gethostname())
+    except OSError:
+        return "127.0.0.1"
+
+
+def _free_port(host: str) -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind((host, 0))
+        return probe.getsockname()[1]
+
+
+def _child_pids() -> set[int]:
+    """This process's children, but for multiprocessing's resource tracker (it serves them all)."""
+    import psutil
+
+    pids = set()
+    for child in psutil.Process().children():
+        try:
+            if not any("resource_tracker" in part for part in child.cmdline()):
+                pids.add(child.pid)
+        except psutil.Error:
+            continue
+    return pids
+
+
+def _pin_process(pid: int, cpus: Sequence[int]) -> None:
+    """Pin every thread of a process to `cpus`. vLLM's NIXL worker on CPU moves the model thread
+    to the last core of each NUMA node, so two engines on one machine would share a core."""
+    try:
+        threads = [int(tid) for tid in os.listdir(f"/proc/{pid}/task")]
+    except FileNotFoundError:
+        raise EngineError(f"the vLLM engine process {pid} exited during start") from None
+    for tid in threads:
+        try:
+            os.sched_setaffinity(tid, cpus)
+        except ProcessLookupError:
+            continue
+        except OSError as error:
+            raise EngineError(f"cannot bind the engine to CPUs {list(cpus)}: {error.strerror} "
+                              f"(this process may use {sorted(os.sched_getaffinity(0))})") from None
+
+
+def _reap(pids: Sequence[int], timeout_s: float = 10.0) -> None:
+    """Wait for the engine processes to exit (reaping them); kill what is left after timeout_s."""
+    import psutil
+
+    processes = []
+    for pid in pids:
+        try:
+            processes.append(psutil.Process(pid))
+        except psutil.NoSuchProcess:
+            continue
+    _, alive = psutil.wait_procs(processes, timeout=timeout_s)
+    for process in alive:
+        log.warning("vLLM engine process %d did not exit; killing it", process.pid)
+        process.kill()
+    psutil.wait_procs(alive, timeout=timeout_s)
+
+
+class _environment:
+    """Set variables for the duration of a block (the engine core inherits them at spawn)."""
+
+    def __init__(self, values: Mapping[str, str]) -> None:
+        self.values = dict(values)
+        self.saved: dict[str, str | None] = {}
+
+    def __enter__(self) -> None:
+        for key, value in self.values.items():
+            self.saved[key] = os.environ.get(key)
+            os.environ[key] = value
+
+    def __exit__(self, *exc: object) -> None:
+        for key, value in self.saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def _kv_capacity_tokens(llm: Any) -> int:
+    cache = llm.vllm_config.cache_config
+    return int((cache.num_gpu_blocks or 0) * cache.block_size)
+
+
+def _is_cpu_build() -> bool:
+    from vllm.platforms import current_platform
+
+    return current_platform.is_cpu()
+
+
+def _vllm_version() -> str:
+    import vllm
+
+    return str(vllm.__version__)
+
+
+def _describe(error: BaseException) -> str:
+    text = str(error) or type(error).__name__
+    cause = error.__cause__
+    return f"{text} (caused by {type(cause).__name__}: {cause})" if cause else text

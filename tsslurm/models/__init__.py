@@ -1,0 +1,1 @@
+"""Models tsslurm builds itself: the tiny test model (`tiny.py`), made with no download."""
