@@ -32,6 +32,20 @@ def check_profile(profile: str) -> None:
                f"policy {loaded.policy.name}, partitions {parts}")
 
 
+@cli.command("build-tiny-model")
+@click.argument("directory", required=False, type=click.Path(file_okay=False, path_type=Path))
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of tokenizer and weights")
+@click.option("--profile", default=DEFAULT_PROFILE, show_default=True,
+              help="Profile whose model.path is the default DIRECTORY")
+def build_tiny_model(directory: Path | None, seed: int, profile: str) -> None:
+    """Build the tiny test model (Llama, 0.8 M parameters, byte-level BPE) with no download."""
+    from tsslurm.models.tiny import build_tiny_model as build
+    from tsslurm.profile import load_profile
+
+    target = directory if directory is not None else Path(load_profile(profile).model.path)
+    click.echo(f"tiny model ready in {build(target, seed)}")
+
+
 @cli.group("dev-cluster")
 def dev_cluster() -> None:
     """A private single-host Slurm cluster for development and CI (root, Debian)."""

@@ -15,6 +15,7 @@ Only APIs the CPU and CUDA builds of vLLM share are used; vllm is imported insid
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import shutil
@@ -26,6 +27,8 @@ from pathlib import Path
 from typing import Any
 
 from tsslurm.launcher.engines.base import EngineError, EngineInfo
+from tsslurm.launcher.engines.vllm_process import (
+    child_pids, environment, exit_status, pin_process, reap)
 from tsslurm.launcher.engines.vllm_stats import EngineCounters, StatsCollector
 from tsslurm.profile.schema import Profile
 from tsslurm.protocol import OutputItem, Sampling, WorkerStats, WorkItem
@@ -66,6 +69,9 @@ class VllmEngine:
         self._capacity_tokens = 0
         self._sweeper: asyncio.Task[None] | None = None
         self.start_seconds = 0.0
+        self._death: str | None = None
+        self._in_flight: dict[str, None] = {}
+        self._connector = ""
         self.engine_pids: list[int] = []
         """The engine-core processes this engine started (children of this process)."""
 
@@ -76,6 +82,7 @@ class VllmEngine:
         began = time.monotonic()
         model_dir = _existing_model_dir(self.profile.model.path)
         kv_config = self._kv_connector_config()
+        self._connector = kv_config["kv_connector"]
         env = self._engine_env(kv_config)
         args = self._engine_args(model_dir, kv_config)
         self._llm = await asyncio.to_thread(self._spawn, args, env)
@@ -100,7 +107,7 @@ class VllmEngine:
         if handler is not None:
             handler.cancel()
         await asyncio.to_thread(llm.shutdown)
-        await asyncio.to_thread(_reap, self.engine_pids)
+        await asyncio.to_thread(reap, self.engine_pids)
 
     # ---- serving -----------------------------------------------------------------------------
 
@@ -111,18 +118,32 @@ class VllmEngine:
         llm = self._running_engine()
         from vllm.inputs import TokensPrompt
 
+        self._in_flight[item.request_id] = None
         try:
             params = self._sampling_params(item)
-            stream = llm.generate(TokensPrompt(prompt_token_ids=list(item.prompt_token_ids)),
-                                  params, item.request_id)
-            async for output in stream:
-                yield _to_output_item(item, output)
+            prompt = TokensPrompt(prompt_token_ids=list(item.prompt_token_ids))
+            async with contextlib.aclosing(llm.generate(prompt, params, item.request_id)) as stream:
+                async for output in stream:
+                    yield _to_output_item(item, output, self._connector)
         except (asyncio.CancelledError, GeneratorExit, EngineError):
             raise
         except Exception as error:
             self._raise_if_dead(error)
             yield OutputItem(request_id=item.request_id, finish_reason="abort",
                              error=f"vLLM rejected the request: {_describe(error)}")
+        finally:
+            self._in_flight.pop(item.request_id, None)
+
+    def in_flight(self) -> list[str]:
+        """Request ids whose streams are open, oldest first."""
+        return list(self._in_flight)
+
+    @property
+    def failed(self) -> BaseException | None:
+        """An EngineError when the engine has died, else None."""
+        if self._llm is not None and self._llm.errored:
+            return EngineError(self._death_notice())
+        return None
 
     async def abort(self, request_id: str) -> None:
         """Stop a request; its stream ends with finish_reason "abort". Unknown ids are ignored."""
@@ -189,16 +210,16 @@ class VllmEngine:
     def _spawn(self, args: Any, env: dict[str, str]) -> Any:
         from vllm.v1.engine.async_llm import AsyncLLM
 
-        with _spawn_lock, _environment(env):
-            before = _child_pids()
+        with _spawn_lock, environment(env):
+            before = child_pids()
             try:
                 llm = AsyncLLM.from_engine_args(args, stat_loggers=[self._collector.factory])
             except Exception as error:
                 raise EngineError(f"vLLM engine failed to start: {_describe(error)}") from error
-            self.engine_pids = sorted(_child_pids() - before)
+            self.engine_pids = sorted(child_pids() - before)
         if self.cpus is not None:
             for pid in self.engine_pids:
-                _pin_process(pid, self.cpus)
+                pin_process(pid, self.cpus)
         return llm
 
     def _sampling_params(self, item: WorkItem) -> Any:
@@ -221,14 +242,20 @@ class VllmEngine:
         if self._llm is None:
             raise EngineError("the vLLM engine is not running (not started, or shut down)")
         if self._llm.errored:
-            raise EngineError(f"the vLLM engine died: {_describe(self._llm.dead_error)}")
+            raise EngineError(self._death_notice())
         return self._llm
 
     def _raise_if_dead(self, error: BaseException) -> None:
         from vllm.v1.engine.exceptions import EngineDeadError
 
         if isinstance(error, EngineDeadError) or (self._llm is not None and self._llm.errored):
-            raise EngineError(f"the vLLM engine died: {_describe(error)}") from error
+            raise EngineError(self._death_notice()) from error
+
+    def _death_notice(self) -> str:
+        if self._death is None:
+            exits = [f"process {pid} {exit_status(pid)}" for pid in self.engine_pids]
+            self._death = f"the vLLM engine died ({', '.join(exits) or 'no engine process'})"
+        return self._death
 
     async def _sweep_kv_files_forever(self) -> None:
         while True:
@@ -266,17 +293,37 @@ def _kv_params_for(item: WorkItem) -> dict[str, Any] | None:
     return None
 
 
-def _to_output_item(item: WorkItem, output: Any) -> OutputItem:
+def _to_output_item(item: WorkItem, output: Any, connector: str) -> OutputItem:
     completion = output.outputs[0] if output.outputs else None
     finish_reason = completion.finish_reason if output.finished and completion else None
     if output.finished and finish_reason is None:
         finish_reason = "abort"
+    if finish_reason == "error":
+        return OutputItem(request_id=item.request_id, finish_reason="abort",
+                          error=_request_failure(item))
     if item.mode == "prefill":
-        params = output.kv_transfer_params if output.finished else None
+        params = _prefill_answer(item, output, connector) if output.finished else None
         return OutputItem(request_id=item.request_id, finish_reason=finish_reason,
-                          kv_transfer_params=_plain(params) if params else {})
+                          kv_transfer_params=params)
     tokens = list(completion.token_ids) if completion else []
     return OutputItem(request_id=item.request_id, token_ids=tokens, finish_reason=finish_reason)
+
+
+def _prefill_answer(item: WorkItem, output: Any, connector: str) -> dict[str, Any]:
+    """What a decoder needs: NIXL answers its own params; the ExampleConnector answers none (a
+    decoder finds the KV files by the prompt), so say where the KV went."""
+    if output.kv_transfer_params:
+        return _plain(output.kv_transfer_params)
+    return {"kv_connector": connector, "remote_num_tokens": len(item.prompt_token_ids)}
+
+
+def _request_failure(item: WorkItem) -> str:
+    if item.mode == "decode":
+        params = item.kv_transfer_params or {}
+        return (f"the KV transfer from the prefiller failed (engine "
+                f"{params.get('remote_engine_id')!r} at {params.get('remote_host')}:"
+                f"{params.get('remote_port')}); the request needs a new prefill")
+    return "vLLM failed the request (finish reason error); see the worker log"
 
 
 def _plain(value: Any) -> Any:
@@ -323,74 +370,6 @@ def _free_port(host: str) -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
         probe.bind((host, 0))
         return probe.getsockname()[1]
-
-
-def _child_pids() -> set[int]:
-    """This process's children, but for multiprocessing's resource tracker (it serves them all)."""
-    import psutil
-
-    pids = set()
-    for child in psutil.Process().children():
-        try:
-            if not any("resource_tracker" in part for part in child.cmdline()):
-                pids.add(child.pid)
-        except psutil.Error:
-            continue
-    return pids
-
-
-def _pin_process(pid: int, cpus: Sequence[int]) -> None:
-    """Pin every thread of a process to `cpus`. vLLM's NIXL worker on CPU moves the model thread
-    to the last core of each NUMA node, so two engines on one machine would share a core."""
-    try:
-        threads = [int(tid) for tid in os.listdir(f"/proc/{pid}/task")]
-    except FileNotFoundError:
-        raise EngineError(f"the vLLM engine process {pid} exited during start") from None
-    for tid in threads:
-        try:
-            os.sched_setaffinity(tid, cpus)
-        except ProcessLookupError:
-            continue
-        except OSError as error:
-            raise EngineError(f"cannot bind the engine to CPUs {list(cpus)}: {error.strerror} "
-                              f"(this process may use {sorted(os.sched_getaffinity(0))})") from None
-
-
-def _reap(pids: Sequence[int], timeout_s: float = 10.0) -> None:
-    """Wait for the engine processes to exit (reaping them); kill what is left after timeout_s."""
-    import psutil
-
-    processes = []
-    for pid in pids:
-        try:
-            processes.append(psutil.Process(pid))
-        except psutil.NoSuchProcess:
-            continue
-    _, alive = psutil.wait_procs(processes, timeout=timeout_s)
-    for process in alive:
-        log.warning("vLLM engine process %d did not exit; killing it", process.pid)
-        process.kill()
-    psutil.wait_procs(alive, timeout=timeout_s)
-
-
-class _environment:
-    """Set variables for the duration of a block (the engine core inherits them at spawn)."""
-
-    def __init__(self, values: Mapping[str, str]) -> None:
-        self.values = dict(values)
-        self.saved: dict[str, str | None] = {}
-
-    def __enter__(self) -> None:
-        for key, value in self.values.items():
-            self.saved[key] = os.environ.get(key)
-            os.environ[key] = value
-
-    def __exit__(self, *exc: object) -> None:
-        for key, value in self.saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
 
 
 def _kv_capacity_tokens(llm: Any) -> int:
