@@ -1,0 +1,118 @@
+"""tokenscale on hand-built snapshots: its formulas, a burst, a lull, pending jobs covering the
+target, a stale view, an unavailable partition, time-limit rotation, bounds and budget."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from policy_factory import bounds, partition, rates, running, snapshot
+from tsslurm.policy.runner import PolicyRunner
+from tsslurm.policy.snapshot import Cancel, Drain, LoadView, Submit
+from tsslurm.policy.tokenscale import TokenScaleParams, decide
+
+pytestmark = pytest.mark.timeout(60)
+V_P = 10_000.0  # profiles/llama3-8b-a100.yaml: min(V_P 10k, V_N 95k)
+V_D_11 = 16_908.0  # V_D of the (input 1024-4096, output 128-512) cell
+
+
+def _totals(targets: dict[str, dict[str, int]]) -> dict[str, int]:
+    return {role: sum(parts.values()) for role, parts in targets.items()}
+
+
+def test_pool_sizes_follow_the_token_velocity_formulas() -> None:
+    params = TokenScaleParams()
+    decision = decide(snapshot(token_rates=rates(20_000.0, 4_000.0)), params, {})
+    i_p = math.ceil(20_000 / (params.prefill_utilisation * V_P))
+    i_d = math.ceil(24_000 / (params.decode_utilisation * V_D_11))
+    assert _totals(decision.targets) == {"prefill": i_p, "decode": i_d, "convertible": 0}
+
+
+def test_kv_in_use_sets_a_floor_under_decoders() -> None:
+    load = LoadView(decode_kv_used_tokens=400_000)
+    decision = decide(snapshot(token_rates=rates(1000.0, 100.0), load=load), TokenScaleParams(), {})
+    assert _totals(decision.targets)["decode"] == math.ceil(400_000 / (0.9 * 160_000))
+
+
+def test_a_burst_preallocates_convertibles_and_remembers_it() -> None:
+    params = TokenScaleParams()
+    burst = decide(snapshot(1000.0, token_rates=rates(20_000.0, short=3.0)), params, {})
+    planned = 3 * params.prefill_utilisation * V_P
+    per_convertible = params.convertible_prefill_share * V_P
+    expected = math.ceil((3.0 * 20_000.0 - planned) / per_convertible)
+    assert _totals(burst.targets)["convertible"] == expected
+    later = decide(snapshot(1000.0 + params.burst_half_life_s, token_rates=rates(20_000.0)),
+                   params, burst.state)
+    assert later.state["burst_ratio"] == pytest.approx(2.0)
+    assert _totals(later.targets)["convertible"] == math.ceil((2 * 20_000.0 - planned) / per_convertible)
+
+
+def test_convertibles_count_towards_decode() -> None:
+    params = TokenScaleParams()
+    calm = _totals(decide(snapshot(token_rates=rates(20_000.0, 60_000.0)), params, {}).targets)
+    burst = _totals(decide(snapshot(token_rates=rates(20_000.0, 60_000.0, short=2.0)),
+                           params, {}).targets)
+    assert burst["convertible"] > 0
+    assert burst["decode"] + burst["convertible"] == max(calm["decode"], burst["convertible"])
+
+
+def test_a_lull_releases_capacity_only_after_the_hold() -> None:
+    runner = PolicyRunner("tokenscale")
+    busy = {"prefill": {"a100": running(ready=3)}, "decode": {"a100": running(ready=2)}}
+    step = runner.step(snapshot(0.0, counts=busy, token_rates=rates(20_000.0, 4_000.0)))
+    assert step.actions == []
+    quiet = rates(0.0)
+    held = runner.step(snapshot(60.0, counts=busy, token_rates=quiet))
+    assert held.actions == [] and _totals(held.decision.targets)["prefill"] == 3
+    released = runner.step(snapshot(200.0, counts=busy, token_rates=quiet))
+    drained = [a for a in released.actions if isinstance(a, Drain)]
+    assert len(drained) == 3  # 3 -> 1 prefill, 2 -> 1 decode: drained, never cancelled
+    assert not any(isinstance(a, Cancel) for a in released.actions)
+
+
+def test_pending_jobs_covering_the_target_are_not_submitted_twice() -> None:
+    runner = PolicyRunner("tokenscale")
+    counts = {"prefill": {"a100": running(ready=1, pending=2)}, "decode": {"a100": running(starting=2)}}
+    step = runner.step(snapshot(counts=counts, token_rates=rates(20_000.0, 4_000.0)))
+    assert not any(isinstance(a, Submit) for a in step.actions)
+
+
+def test_a_stale_view_holds_still() -> None:
+    runner = PolicyRunner("tokenscale")
+    step = runner.step(snapshot(token_rates=rates(90_000.0), stale=True))
+    assert step.actions == []
+    assert _totals(step.decision.targets) == {"prefill": 0, "decode": 0, "convertible": 0}
+
+
+def test_new_capacity_avoids_an_unavailable_partition() -> None:
+    runner = PolicyRunner("tokenscale")
+    parts = [partition("down", available=False, queue_wait_s=1.0), partition("up")]
+    step = runner.step(snapshot(partitions=parts, token_rates=rates(20_000.0, 4_000.0)))
+    submits = [a for a in step.actions if isinstance(a, Submit)]
+    assert submits and {a.partition for a in submits} == {"up"}
+
+
+def test_a_job_near_its_time_limit_is_replaced() -> None:
+    runner = PolicyRunner("tokenscale")
+    counts = {"prefill": {"a100": running(ready=3)}, "decode": {"a100": running(ready=2)}}
+    step = runner.step(snapshot(counts=counts, token_rates=rates(20_000.0, 4_000.0),
+                                ends_in={"prefill-a100-ready-1": 100.0}))
+    assert step.actions == [Submit("prefill", "a100", 1, step.actions[0].reason)]
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.floats(0.0, 500_000.0), st.floats(0.0, 500_000.0), st.floats(1.0, 20.0),
+       st.integers(2, 40))
+def test_targets_stay_within_bounds_and_budget(inputs: float, outputs: float, burst: float,
+                                               budget: int) -> None:
+    pools = bounds(prefill=(1, 12), decode=(1, 12), convertible=(0, 4), gpu_budget=budget)
+    runner = PolicyRunner("tokenscale")
+    step = runner.step(snapshot(token_rates=rates(inputs, outputs, short=burst), pool_bounds=pools))
+    totals = _totals(step.decision.targets)
+    for role, total in totals.items():
+        assert getattr(pools, role).min <= total <= getattr(pools, role).max
+    assert sum(totals.values()) <= budget
+    assert sum(a.count for a in step.actions if isinstance(a, Submit)) == sum(totals.values())
