@@ -1,0 +1,174 @@
+"""The oracle bounds: lower bounds on the GPU time of ANY policy that serves a set of requests
+within their SLOs on the simulated system (docs/simulator.md has the definitions and proofs).
+
+Each request j (arrival a, input x, output o) puts two jobs of work on the GPUs:
+- prefill: at least x / V_P GPU-seconds, inside [a, a + TTFT_j] (the first token follows it);
+- decode: o - 1 iterations inside [a + x / V_P, a + TTFT_j + TPOT (o - 1)]. An iteration with
+  batch B and context C <= K costs base + per_seq B + per_ctx C >= (base / K + per_ctx) C +
+  per_seq B, so the request's iterations cost at least
+  E_j = per_seq (o - 1) + (base / K + per_ctx) S_j, S_j = (o - 1) x + (o - 1)^2 / 2
+  (its context summed over its iterations).
+`oracle`: instant, free start-up, so capacity follows the work exactly: the total work W.
+`oracle_startup`: every GPU-level that turns on pays the model load L (billed), except the warm
+pool the run starts with. Three valid bounds, the largest is reported:
+  W; the per-level bridge cost of the work forced into blocks of R seconds (R = 1 ... 512 s,
+  two offsets) - averaging a schedule over blocks keeps its GPU time and cannot add start-ups;
+  and that bound split at level 1, where an integer instance count must also hit every
+  request's windows (gaps of level 1 longer than L are the only ones it may leave open).
+Pure: no I/O."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from tsslurm.profile.schema import Profile
+from tsslurm.sim.slo import ttft_targets_s
+from tsslurm.sim.trace import Trace
+
+BLOCK_S = 1.0
+BLOCK_SIZES = tuple(2 ** k for k in range(10))
+LEVEL_STEPS = 512
+"""The level grid of the bridge cost: at least 1/32 of a GPU, at most 512 steps to the peak."""
+
+
+class Work:
+    """Per-request work (GPU-seconds) and windows (seconds) of prefill and decode jobs."""
+
+    def __init__(self, trace: Trace, profile: Profile, mask: np.ndarray | None = None):
+        keep = feasible(trace, profile) if mask is None else mask & feasible(trace, profile)
+        a = trace.arrival_s[keep]
+        x = trace.input_tokens[keep].astype(np.float64)
+        o = trace.output_tokens[keep].astype(np.float64)
+        ttft = ttft_targets_s(profile.slo, trace.input_tokens[keep])
+        tpot = profile.slo.tpot_ms / 1000.0
+        prefill_gpu_s, prefill_wall_s, decode_gpu_s = _per_request(profile, x, o)
+        decoding = o > 1
+        self.requests = int(keep.sum())
+        self.starts = np.concatenate([a, (a + prefill_wall_s)[decoding]])
+        self.ends = np.concatenate([a + ttft, (a + ttft + tpot * (o - 1))[decoding]])
+        self.gpu_s = np.concatenate([prefill_gpu_s, decode_gpu_s[decoding]])
+        self.prefill_gpu_s = float(prefill_gpu_s.sum())
+        self.decode_gpu_s = float(decode_gpu_s.sum())
+
+    @property
+    def total_gpu_s(self) -> float:
+        return self.prefill_gpu_s + self.decode_gpu_s
+
+
+def feasible(trace: Trace, profile: Profile) -> np.ndarray:
+    """Requests some policy could serve within SLO: within the context, prefill alone in time."""
+    fits = trace.input_tokens + trace.output_tokens <= profile.model.max_context_tokens
+    fastest = max(p.velocities.prefill_tokens_per_s for p in _partitions(profile))
+    return fits & (trace.input_tokens / fastest <= ttft_targets_s(profile.slo, trace.input_tokens))
+
+
+def _partitions(profile: Profile) -> list:
+    parts = [p for p in profile.partitions if p.velocities is not None]
+    if not parts:
+        raise ValueError(f"profile {profile.deployment}: no partition has velocities")
+    return parts
+
+
+def _per_request(profile: Profile, x: np.ndarray, o: np.ndarray) -> tuple[np.ndarray, ...]:
+    """The least prefill GPU-s, prefill wall time and decode GPU-s over the partitions."""
+    prefill_gpu, prefill_wall, decode_gpu = [], [], []
+    for part in _partitions(profile):
+        v, gpus = part.velocities, part.gpus_per_instance
+        step = v.decode_step
+        iterations = np.maximum(o - 1, 0)
+        context_sum = iterations * x + iterations ** 2 / 2
+        capacity = np.maximum(v.kv_capacity_tokens, x + o)
+        per_context_s = step.base_ms / 1000.0 / capacity + step.per_context_token_us / 1e6
+        prefill_wall.append(x / v.prefill_tokens_per_s)
+        prefill_gpu.append(gpus * x / v.prefill_tokens_per_s)
+        decode_gpu.append(gpus * (step.per_sequence_ms / 1000.0 * iterations
+                                  + per_context_s * context_sum))
+    return (np.min(prefill_gpu, axis=0), np.min(prefill_wall, axis=0), np.min(decode_gpu, axis=0))
+
+
+def bounds(trace: Trace, profile: Profile, mask: np.ndarray | None = None,
+           load_scale: float = 1.0) -> dict[str, dict[str, float]]:
+    """Both bounds for the requests in `mask` (default: every feasible request)."""
+    work = Work(trace, profile, mask)
+    load_s = load_scale * min(p.model_load_s for p in _partitions(profile))
+    warm_gpus = _warm_gpus(profile)
+    total = work.total_gpu_s
+    startup = max(total, startup_bound(work, load_s, warm_gpus)) if work.requests else 0.0
+    return {
+        "oracle": {"gpu_hours": round(total / 3600.0, 6),
+                   "prefill_gpu_hours": round(work.prefill_gpu_s / 3600.0, 6),
+                   "decode_gpu_hours": round(work.decode_gpu_s / 3600.0, 6),
+                   "requests": work.requests},
+        "oracle_startup": {"gpu_hours": round(startup / 3600.0, 6),
+                           "model_load_s": load_s, "warm_gpus": warm_gpus,
+                           "requests": work.requests},
+    }
+
+
+def _warm_gpus(profile: Profile) -> int:
+    pools = profile.pools
+    gpus = max(p.gpus_per_instance for p in _partitions(profile))
+    return gpus * (pools.prefill.min + pools.decode.min + pools.convertible.min)
+
+
+def startup_bound(work: Work, load_s: float, warm_gpus: int) -> float:
+    """The largest of the block-averaged bridge bounds, with and without the level-1 split,
+    less the start-ups the warm pool saves."""
+    presence = level_one_bound(work.starts, work.ends, load_s)
+    best = work.total_gpu_s + (load_s if warm_gpus == 0 else 0.0)
+    for size in BLOCK_SIZES:
+        for offset in {0.0, size * BLOCK_S / 2}:
+            levels = forced_levels(work, size * BLOCK_S, offset)
+            whole = bridge_cost(levels, size * BLOCK_S, load_s)
+            split = presence + bridge_cost(np.maximum(levels - 1.0, 0.0), size * BLOCK_S, load_s)
+            best = max(best, max(whole, split) - warm_gpus * load_s)
+    return best
+
+
+def forced_levels(work: Work, block_s: float, offset_s: float) -> np.ndarray:
+    """GPUs each block needs on average: the work of the jobs whose window lies inside it."""
+    first = np.floor((work.starts + offset_s) / block_s).astype(np.int64)
+    last = np.floor((work.ends + offset_s) / block_s).astype(np.int64)
+    inside = first == last
+    forced = np.bincount(first[inside], weights=work.gpu_s[inside],
+                         minlength=int(last.max()) + 1 if len(last) else 1)
+    return forced / block_s
+
+
+def bridge_cost(levels: np.ndarray, block_s: float, load_s: float) -> float:
+    """The least cost of a capacity profile >= `levels` (blocks of `block_s`) when every
+    capacity level pays `load_s` each time it turns on: per level, its blocks plus each gap
+    bridged when shorter than the load, plus one load per stretch. Levels round down (a bound)."""
+    peak = float(levels.max()) if len(levels) else 0.0
+    if peak <= 0:
+        return 0.0
+    step = max(1.0 / 32, peak / LEVEL_STEPS)
+    quantized = np.floor(levels / step).astype(np.int64)
+    total = 0.0
+    for level in range(1, int(quantized.max()) + 1):
+        on = np.flatnonzero(quantized >= level)
+        gaps = (np.diff(on) - 1) * block_s
+        bridged = np.minimum(gaps[gaps > 0], load_s)
+
+        total += len(on) * block_s + float(bridged.sum()) + load_s
+    return total * step
+
+
+def level_one_bound(starts: np.ndarray, ends: np.ndarray, load_s: float) -> float:
+    """Least cost of the level-1 set of an integer instance count that meets every window
+    [start, end]: it spans from the earliest end to the latest start, less what gaps longer
+    than the load can save - each such gap is window-free, and its middle (a load shorter) lies
+    in the union of the window-free intervals shrunk by load / 2 at each side."""
+    if not len(starts):
+        return 0.0
+    earliest_end, latest_start = float(ends.min()), float(starts.max())
+    if latest_start <= earliest_end:
+        return load_s
+    order = np.argsort(starts, kind="stable")
+    sorted_starts, sorted_ends = starts[order], ends[order]
+    later_end = np.minimum.accumulate(sorted_ends[::-1])[::-1]
+    lo = np.maximum(sorted_starts[:-1] + load_s / 2, earliest_end)
+    hi = np.minimum(later_end[1:] - load_s / 2, latest_start)
+    covered_to = np.maximum.accumulate(np.concatenate([[earliest_end], hi]))[:-1]
+    saved = float(np.maximum(0.0, hi - np.maximum(lo, covered_to)).sum())
+    return latest_start - earliest_end - saved + load_s
