@@ -46,6 +46,70 @@ def build_tiny_model(directory: Path | None, seed: int, profile: str) -> None:
     click.echo(f"tiny model ready in {build(target, seed)}")
 
 
+@cli.command("broker")
+@click.option("--profile", "-p", default=DEFAULT_PROFILE, show_default=True)
+@click.option("--state-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Deployment state directory (default: the profile's state_dir)")
+@click.option("--host", default=None, help="Address to bind (default: the profile's broker.host)")
+@click.option("--client-port", type=click.IntRange(0, 65535), default=None)
+@click.option("--worker-port", type=click.IntRange(0, 65535), default=None)
+@click.option("--log-level", default="INFO", show_default=True)
+def broker(profile: str, state_dir: Path | None, host: str | None, client_port: int | None,
+           worker_port: int | None, log_level: str) -> None:
+    """Run the broker for a profile, without autoscaling (workers are started separately)."""
+    import logging
+
+    from tsslurm.broker.run import serve
+    from tsslurm.profile import load_profile
+    from tsslurm.profile import state_dir as profile_state_dir
+
+    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(name)s %(levelname)s "
+                                                        "%(message)s")
+    loaded = load_profile(profile)
+    root = state_dir or profile_state_dir(loaded)
+    overrides = {k: v for k, v in (("host", host), ("client_port", client_port),
+                                   ("worker_port", worker_port)) if v is not None}
+    serve(loaded, root, on_ready=lambda c: click.echo(
+        f"broker {c.deployment} (pid {c.broker_pid}): clients {c.client_address}, workers "
+        f"{c.worker_address}, state {root}", err=True), **overrides)
+
+
+@cli.command("generate")
+@click.argument("prompt")
+@click.option("--max-tokens", "-n", type=click.IntRange(1), default=64, show_default=True)
+@click.option("--stream/--no-stream", default=False, help="Print tokens as they arrive")
+@click.option("--state-dir", type=click.Path(file_okay=False, path_type=Path), default=None)
+@click.option("--profile", "-p", default=None, help="Find the deployment by its profile")
+@click.option("--credentials", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="A credentials file issued for you by the deployment's owner")
+@click.option("--temperature", type=click.FloatRange(0), default=0.0, show_default=True)
+@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=300.0,
+              show_default=True, help="Seconds to wait for the whole answer")
+def generate(prompt: str, max_tokens: int, stream: bool, state_dir: Path | None,
+             profile: str | None, credentials: Path | None, temperature: float,
+             timeout: float) -> None:
+    """Send one prompt to a running deployment and print the answer."""
+    from tsslurm.client import Client
+    from tsslurm.protocol import Sampling
+
+    if state_dir is None and credentials is None:
+        from tsslurm.profile import load_profile
+        from tsslurm.profile import state_dir as profile_state_dir
+
+        state_dir = profile_state_dir(load_profile(profile or DEFAULT_PROFILE))
+    sampling = Sampling(temperature=temperature)
+    with Client(state_dir=state_dir, credentials=credentials, timeout_s=timeout) as client:
+        if stream:
+            for chunk in client.stream(prompt, max_tokens, sampling):
+                piece = chunk.text if chunk.text is not None else \
+                    "".join(f" {t}" for t in chunk.token_ids)
+                click.echo(piece, nl=False)
+            click.echo()
+        else:
+            result = client.generate(prompt, max_tokens, sampling)
+            click.echo(result.text if result.text is not None else result.token_ids)
+
+
 @cli.group("dev-cluster")
 def dev_cluster() -> None:
     """A private single-host Slurm cluster for development and CI (root, Debian)."""

@@ -77,6 +77,9 @@ class GenerateRequest(_Body):
     stream: bool = True
     deadline_s: float | None = None
     """Seconds the client is prepared to wait; the broker fails the request after that."""
+    resume_from: int = 0
+    """Output tokens the client already holds: a re-SUBMIT of a known request_id from a new socket
+    (after a reconnect) streams from there. A re-SUBMIT from the same socket resends nothing."""
 
 
 class Cancel(_Body):
@@ -95,6 +98,8 @@ class TokenDelta(_Body):
     prompt_tokens: int = 0
     completion_tokens: int = 0
     """Usage, filled in on the last delta."""
+    offset: int = 0
+    """Index of token_ids[0] in the request's output, so a client can drop what it already has."""
 
 
 class StreamBatch(_Body):
@@ -221,6 +226,7 @@ class ProtocolError(ValueError):
 
 _encoder = msgspec.msgpack.Encoder()
 _decoders = {command: msgspec.msgpack.Decoder(body) for command, body in BODY_TYPES.items()}
+_commands = {command.value: command for command in Command}
 _stats_decoder = msgspec.msgpack.Decoder(WorkerStats)
 _beat_decoder = msgspec.msgpack.Decoder(BrokerBeat)
 
@@ -240,10 +246,9 @@ def decode(frames: list[bytes], from_worker: bool = False, max_bytes: int = 16 <
                             f"this broker speaks {HEADER!r}")
     if len(body) > max_bytes:
         raise ProtocolError(f"message of {len(body)} bytes exceeds the limit of {max_bytes}")
-    try:
-        command = Command(bytes(command_frame))
-    except ValueError:
-        raise ProtocolError(f"unknown command {bytes(command_frame)[:8]!r}") from None
+    command = _commands.get(bytes(command_frame))
+    if command is None:
+        raise ProtocolError(f"unknown command {bytes(command_frame)[:8]!r}")
     decoder = _heartbeat_decoder(from_worker) if command is Command.HEARTBEAT else _decoders[command]
     try:
         return command, decoder.decode(body)

@@ -1,0 +1,77 @@
+"""The broker's event hook: what happened to requests and workers, for token-velocity estimation,
+SLO accounting and the autoscaler (issue 7). Events are typed Structs; a bounded log keeps the
+latest ones until someone drains them, and subscribers get each one as it happens.
+
+Pure data and a container: no I/O, no clock (the broker stamps the times)."""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable
+
+import msgspec
+
+
+class Arrival(msgspec.Struct, tag=True, frozen=True):
+    time: float
+    request_id: str
+    input_tokens: int
+    max_tokens: int
+
+
+class FirstToken(msgspec.Struct, tag=True, frozen=True):
+    time: float
+    request_id: str
+    ttft_s: float
+
+
+class Finished(msgspec.Struct, tag=True, frozen=True):
+    time: float
+    request_id: str
+    input_tokens: int
+    output_tokens: int
+    outcome: str
+    """"ok", or the error code the client got."""
+    path: str
+    ttft_s: float | None = None
+    tpot_s: float | None = None
+    retries: int = 0
+
+
+class WorkerChange(msgspec.Struct, tag=True, frozen=True):
+    time: float
+    worker_id: str
+    role: str
+    partition: str
+    change: str
+    """"ready", "draining", "left" (DISCONNECT), "lost" (silent or fatal)."""
+    job_id: str | None = None
+    reason: str = ""
+
+
+Event = Arrival | FirstToken | Finished | WorkerChange
+
+
+class EventHub:
+    """A bounded event log plus subscribers. The autoscaler calls `drain()` once per tick."""
+
+    def __init__(self, max_events: int = 200_000):
+        self._log: deque[Event] = deque(maxlen=max_events)
+        self._subscribers: list[Callable[[Event], None]] = []
+
+    def subscribe(self, callback: Callable[[Event], None]) -> None:
+        """`callback` runs on the broker's loop for every event: it must be quick."""
+        self._subscribers.append(callback)
+
+    def emit(self, event: Event) -> None:
+        self._log.append(event)
+        for callback in self._subscribers:
+            callback(event)
+
+    def drain(self) -> list[Event]:
+        events = list(self._log)
+        self._log.clear()
+        return events
+
+    def __len__(self) -> int:
+        return len(self._log)

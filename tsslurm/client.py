@@ -1,0 +1,427 @@
+"""The tsslurm client library: `Client` (blocking) and `AsyncClient` (asyncio, many concurrent
+requests on one socket). Both find a deployment through its state directory's connection file, a
+credentials file handed to another user, or an explicit Endpoint.
+
+Requests travel as token ids when the deployment's tokenizer is at hand (text otherwise: the
+broker tokenizes). Answers are detokenized when it is. A request that hears nothing for a while
+pings the broker; if the broker does not answer, the client reconnects (a new socket, the
+connection file read again) and re-submits with the same request id and the number of tokens it
+already holds, so the answer continues where it stopped, without duplicates. Failures raise
+ClientError subclasses with a message, never a bare traceback."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any, NamedTuple, Self
+
+import msgspec
+import zmq
+import zmq.asyncio
+
+from tsslurm.errors import UserError
+from tsslurm.protocol import (
+    Cancel,
+    Command,
+    ErrorReply,
+    GenerateRequest,
+    Ping,
+    ProtocolError,
+    Sampling,
+    StreamBatch,
+    decode,
+    encode,
+)
+from tsslurm.statedir import Keypair, StateDir, read_connection_file, read_credentials
+from tsslurm.tokenizer import IncrementalDecoder, Tokenizer, load_tokenizer
+
+
+class ClientError(UserError):
+    """A request or connection that failed; the message says why."""
+
+
+class RequestError(ClientError):
+    """The broker failed the request; `code` is the protocol's error code."""
+
+    def __init__(self, code: str, message: str, request_id: str | None = None):
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.request_id = request_id
+
+
+class RequestTimeout(ClientError):
+    pass
+
+
+class BrokerUnavailable(ClientError):
+    pass
+
+
+class Endpoint(NamedTuple):
+    address: str
+    server_public_key: bytes
+    client_keys: Keypair
+    tokenizer: str | None = None
+    model: str = ""
+
+
+class GenerateResult(msgspec.Struct, kw_only=True):
+    request_id: str
+    token_ids: list[int]
+    text: str | None
+    finish_reason: str
+    prompt_tokens: int
+    completion_tokens: int
+    ttft_s: float | None
+    latency_s: float
+    stream_messages: int
+
+
+class StreamChunk(NamedTuple):
+    token_ids: list[int]
+    text: str | None
+
+
+def find_endpoint(state_dir: str | Path | None = None, credentials: str | Path | None = None,
+                  profile: str | None = None) -> Endpoint:
+    """The deployment to talk to: a credentials file, a state directory, or a profile's."""
+    if credentials is not None:
+        given = read_credentials(credentials)
+        c = given.connection
+        return Endpoint(c.client_address, c.server_public_key.encode(), given.client_keys,
+                        c.tokenizer, c.model)
+    if state_dir is None:
+        from tsslurm.profile import load_profile
+        from tsslurm.profile import state_dir as profile_state_dir
+
+        state_dir = profile_state_dir(load_profile(profile or "local-tiny"))
+    state = StateDir.open(state_dir)
+    c = read_connection_file(state.connection_file)
+    return Endpoint(c.client_address, c.server_public_key.encode(), state.client_keys(),
+                    c.tokenizer, c.model)
+
+
+class _Call:
+    """One request's progress; deltas apply by offset, so a resent token is never kept twice."""
+
+    __slots__ = (
+        "changed",
+        "done",
+        "error",
+        "finish_reason",
+        "first_at",
+        "messages",
+        "prompt_tokens",
+        "request",
+        "started",
+        "tokens",
+    )
+
+    def __init__(self, request: GenerateRequest):
+        self.request = request
+        self.tokens: list[int] = []
+        self.finish_reason: str | None = None
+        self.prompt_tokens = 0
+        self.error: ClientError | None = None
+        self.started = time.perf_counter()
+        self.first_at: float | None = None
+        self.messages = 0
+        self.changed: asyncio.Event | None = None
+        self.done: asyncio.Future[None] | None = None
+
+    @property
+    def finished(self) -> bool:
+        return self.finish_reason is not None or self.error is not None
+
+    def apply(self, delta: Any) -> None:
+        self.messages += 1
+        skip = len(self.tokens) - delta.offset
+        if delta.token_ids and skip < len(delta.token_ids):
+            if self.first_at is None:
+                self.first_at = time.perf_counter()
+            self.tokens.extend(delta.token_ids[max(0, skip):])
+        if delta.finish_reason is not None:
+            self.finish_reason = delta.finish_reason
+            self.prompt_tokens = delta.prompt_tokens
+
+    def submission(self) -> list[bytes]:
+        return encode(Command.SUBMIT, msgspec.structs.replace(self.request,
+                                                              resume_from=len(self.tokens)))
+
+    def result(self, tokenizer: Tokenizer | None) -> GenerateResult:
+        if self.error is not None:
+            raise self.error
+        return GenerateResult(
+            request_id=self.request.request_id, token_ids=self.tokens,
+            text=tokenizer.decode(self.tokens) if tokenizer else None,
+            finish_reason=self.finish_reason or "", prompt_tokens=self.prompt_tokens,
+            completion_tokens=len(self.tokens),
+            ttft_s=None if self.first_at is None else self.first_at - self.started,
+            latency_s=time.perf_counter() - self.started, stream_messages=self.messages)
+
+
+class _Base:
+    def __init__(self, endpoint: Endpoint | None, state_dir: str | Path | None,
+                 credentials: str | Path | None, timeout_s: float, reconnects: int,
+                 idle_s: float):
+        self._find = (lambda: endpoint) if endpoint is not None \
+            else (lambda: find_endpoint(state_dir, credentials))
+        self.endpoint = self._find()
+        self.tokenizer = load_tokenizer(self.endpoint.tokenizer) if self.endpoint.tokenizer else None
+        self.timeout_s = timeout_s
+        self.reconnects = reconnects
+        self.idle_s = idle_s
+        self.calls: dict[str, _Call] = {}
+
+    def _new_call(self, prompt: str | list[int], max_tokens: int, sampling: Sampling | None,
+                  stream: bool, request_id: str | None, timeout_s: float | None) -> _Call:
+        ids = prompt if isinstance(prompt, list) else \
+            self.tokenizer.encode(prompt) if self.tokenizer else None
+        request = GenerateRequest(
+            request_id=request_id or uuid.uuid4().hex, max_tokens=max_tokens,
+            prompt_token_ids=ids, prompt=None if ids is not None else str(prompt),
+            sampling=sampling or Sampling(), stream=stream,
+            deadline_s=timeout_s or self.timeout_s)
+        return _Call(request)
+
+    def _socket(self, context: zmq.Context) -> zmq.Socket:
+        self.endpoint = self._find()
+        socket = context.socket(zmq.DEALER)
+        socket.curve_serverkey = self.endpoint.server_public_key
+        socket.curve_publickey, socket.curve_secretkey = self.endpoint.client_keys
+        socket.setsockopt(zmq.RCVHWM, 0)
+        socket.linger = 0
+        socket.connect(self.endpoint.address)
+        return socket
+
+    def _dispatch(self, frames: list[bytes]) -> list[_Call]:
+        """Apply one broker message; the calls it touched."""
+        try:
+            command, body = decode(frames)
+        except ProtocolError:
+            return []
+        touched = []
+        if command is Command.STREAM:
+            assert isinstance(body, StreamBatch)
+            for delta in body.deltas:
+                call = self.calls.get(delta.request_id)
+                if call is not None and not call.finished:
+                    call.apply(delta)
+                    touched.append(call)
+        elif command is Command.ERROR:
+            assert isinstance(body, ErrorReply)
+            targets = [self.calls[body.request_id]] if body.request_id in self.calls \
+                else list(self.calls.values()) if body.request_id is None else []
+            for call in targets:
+                call.error = RequestError(body.code, body.message, body.request_id)
+                touched.append(call)
+        return touched
+
+    def _unreachable(self, call: _Call) -> ClientError:
+        return BrokerUnavailable(f"the broker at {self.endpoint.address} does not answer "
+                                 f"(request {call.request.request_id}, {self.reconnects} "
+                                 "reconnections tried)")
+
+
+class Client(_Base):
+    """Blocking client; one request at a time per instance (use AsyncClient for concurrency)."""
+
+    def __init__(self, endpoint: Endpoint | None = None, *, state_dir: str | Path | None = None,
+                 credentials: str | Path | None = None, timeout_s: float = 600.0,
+                 reconnects: int = 3, idle_s: float = 5.0):
+        super().__init__(endpoint, state_dir, credentials, timeout_s, reconnects, idle_s)
+        self._context = zmq.Context()
+        self._sock = self._socket(self._context)
+
+    def generate(self, prompt: str | list[int], max_tokens: int = 128,
+                 sampling: Sampling | None = None, *, request_id: str | None = None,
+                 timeout_s: float | None = None) -> GenerateResult:
+        call = self._new_call(prompt, max_tokens, sampling, False, request_id, timeout_s)
+        for _ in self._run(call, timeout_s):
+            pass
+        return call.result(self.tokenizer)
+
+    def stream(self, prompt: str | list[int], max_tokens: int = 128,
+               sampling: Sampling | None = None, *, request_id: str | None = None,
+               timeout_s: float | None = None) -> Iterator[StreamChunk]:
+        call = self._new_call(prompt, max_tokens, sampling, True, request_id, timeout_s)
+        text = IncrementalDecoder(self.tokenizer) if self.tokenizer else None
+        seen = 0
+        for _ in self._run(call, timeout_s):
+            new, seen = call.tokens[seen:], len(call.tokens)
+            if new:
+                yield StreamChunk(new, text.push(new) if text else None)
+        call.result(None)
+        if text is not None and (tail := text.flush()):
+            yield StreamChunk([], tail)
+
+    def _run(self, call: _Call, timeout_s: float | None) -> Iterator[None]:
+        deadline = time.monotonic() + (timeout_s or self.timeout_s)
+        self.calls = {call.request.request_id: call}
+        self._sock.send_multipart(call.submission())
+        failures = 0
+        while not call.finished:
+            if time.monotonic() > deadline:
+                self._sock.send_multipart(encode(Command.CANCEL, Cancel(call.request.request_id)))
+                raise RequestTimeout(f"no complete answer within {timeout_s or self.timeout_s} s")
+            if self._sock.poll(int(self.idle_s * 1000)):
+                if self._dispatch(self._sock.recv_multipart()):
+                    yield None
+            elif not self._alive():
+                failures += 1
+                if failures > self.reconnects:
+                    raise self._unreachable(call)
+                self._sock.close(linger=0)
+                self._sock = self._socket(self._context)
+                self._sock.send_multipart(call.submission())
+
+    def _alive(self) -> bool:
+        self._sock.send_multipart(encode(Command.PING, Ping(nonce=1)))
+        until = time.monotonic() + self.idle_s
+        while (left := until - time.monotonic()) > 0 and self._sock.poll(int(left * 1000) + 1):
+            frames = self._sock.recv_multipart()
+            if len(frames) == 3 and frames[1] == Command.PONG.value:
+                return True
+            self._dispatch(frames)
+        return False
+
+    def close(self) -> None:
+        self._sock.close(linger=0)
+        self._context.term()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class AsyncClient(_Base):
+    """asyncio client: any number of concurrent requests over one socket."""
+
+    def __init__(self, endpoint: Endpoint | None = None, *, state_dir: str | Path | None = None,
+                 credentials: str | Path | None = None, timeout_s: float = 600.0,
+                 reconnects: int = 3, idle_s: float = 5.0):
+        super().__init__(endpoint, state_dir, credentials, timeout_s, reconnects, idle_s)
+        self._context = zmq.asyncio.Context()
+        self._sock = self._socket(self._context)
+        self._reader: asyncio.Task[None] | None = None
+        self._pong: asyncio.Future[None] | None = None
+        self._reconnect_lock = asyncio.Lock()
+        self.generation = 0
+
+    async def generate(self, prompt: str | list[int], max_tokens: int = 128,
+                       sampling: Sampling | None = None, *, request_id: str | None = None,
+                       timeout_s: float | None = None, stream: bool = True) -> GenerateResult:
+        """`stream=True` has the broker stream tokens as they come (collected here)."""
+        call = self._new_call(prompt, max_tokens, sampling, stream, request_id, timeout_s)
+        async for _ in self._run(call, timeout_s, wake_on_tokens=False):
+            pass
+        return call.result(self.tokenizer)
+
+    async def stream(self, prompt: str | list[int], max_tokens: int = 128,
+                     sampling: Sampling | None = None, *, request_id: str | None = None,
+                     timeout_s: float | None = None) -> AsyncIterator[StreamChunk]:
+        call = self._new_call(prompt, max_tokens, sampling, True, request_id, timeout_s)
+        text = IncrementalDecoder(self.tokenizer) if self.tokenizer else None
+        seen = 0
+        async for _ in self._run(call, timeout_s, wake_on_tokens=True):
+            new, seen = call.tokens[seen:], len(call.tokens)
+            if new:
+                yield StreamChunk(new, text.push(new) if text else None)
+        call.result(None)
+        if text is not None and (tail := text.flush()):
+            yield StreamChunk([], tail)
+
+    async def _run(self, call: _Call, timeout_s: float | None,
+                   wake_on_tokens: bool) -> AsyncIterator[None]:
+        loop = asyncio.get_running_loop()
+        call.done = loop.create_future()
+        call.changed = asyncio.Event() if wake_on_tokens else None
+        request_id = call.request.request_id
+        self.calls[request_id] = call
+        self._ensure_reader()
+        deadline = loop.time() + (timeout_s or self.timeout_s)
+        failures = 0
+        try:
+            await self._sock.send_multipart(call.submission())
+            while not call.finished:
+                wait = min(self.idle_s, deadline - loop.time())
+                if wait <= 0:
+                    await self._sock.send_multipart(encode(Command.CANCEL, Cancel(request_id)))
+                    raise RequestTimeout(f"no complete answer within {timeout_s or self.timeout_s} s")
+                progress = len(call.tokens)
+                waiter = call.changed.wait() if call.changed else asyncio.shield(call.done)
+                try:
+                    await asyncio.wait_for(waiter, wait)
+                except TimeoutError:
+                    generation = self.generation
+                    if len(call.tokens) == progress and not call.finished \
+                            and not await self._alive():
+                        failures += 1
+                        if failures > self.reconnects:
+                            raise self._unreachable(call) from None
+                        await self._reconnect(generation)
+                if call.changed is not None:
+                    call.changed.clear()
+                    yield None
+        finally:
+            self.calls.pop(request_id, None)
+
+    def _ensure_reader(self) -> None:
+        if self._reader is None or self._reader.done():
+            self._reader = asyncio.create_task(self._read(self._sock))
+
+    async def _read(self, sock: zmq.asyncio.Socket) -> None:
+        while True:
+            frames = await sock.recv_multipart()
+            if len(frames) == 3 and frames[1] == Command.PONG.value:
+                if self._pong is not None and not self._pong.done():
+                    self._pong.set_result(None)
+                continue
+            for call in self._dispatch(frames):
+                if call.changed is not None:
+                    call.changed.set()
+                if call.finished and call.done is not None and not call.done.done():
+                    call.done.set_result(None)
+
+    async def _alive(self) -> bool:
+        """Ping the broker (one ping shared by every request that wonders at the same time)."""
+        if self._pong is None or self._pong.done():
+            self._pong = asyncio.get_running_loop().create_future()
+            await self._sock.send_multipart(encode(Command.PING, Ping(nonce=self.generation)))
+        try:
+            await asyncio.wait_for(asyncio.shield(self._pong), self.idle_s)
+            return True
+        except TimeoutError:
+            return False
+
+    async def _reconnect(self, generation: int) -> None:
+        async with self._reconnect_lock:
+            if generation != self.generation:
+                return
+            if self._reader is not None:
+                self._reader.cancel()
+            self._sock.close(linger=0)
+            self._sock = self._socket(self._context)
+            self.generation += 1
+            self._ensure_reader()
+            for call in list(self.calls.values()):
+                if not call.finished:
+                    await self._sock.send_multipart(call.submission())
+
+    async def close(self) -> None:
+        if self._reader is not None:
+            self._reader.cancel()
+            await asyncio.gather(self._reader, return_exceptions=True)
+        self._sock.close(linger=0)
+        self._context.term()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()

@@ -1,0 +1,72 @@
+"""The launcher's settings, read from the environment the sbatch template (or a test) sets.
+
+Variables (the contract with tsslurm/slurm's sbatch rendering):
+  TSSLURM_ROLE             prefill | decode | convertible  (also: prefiller, decoder)   required
+  TSSLURM_PROFILE          profile path or name (profiles/<name>.yaml)                  required
+  TSSLURM_PARTITION        partition name in the profile (default: its first partition)
+  TSSLURM_STATE_DIR        deployment state directory: keys and connection.json
+                           (default: the profile's state_dir)
+  TSSLURM_CONNECTION_FILE  the broker's connection file (default: STATE_DIR/connection.json)
+  TSSLURM_BROKER_ADDRESS   tcp://host:port of the broker's worker socket; overrides the
+                           connection file's address (keys still come from the state dir)
+  TSSLURM_WORKER_ID        default: <role>-<SLURM_JOB_ID>, or <role>-<host>-<pid> outside Slurm
+  TSSLURM_LOG_LEVEL        default INFO
+  SLURM_JOB_ID, SLURMD_NODENAME   set by Slurm: the job id and node reported in READY"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Mapping
+from pathlib import Path
+
+import msgspec
+
+from tsslurm.errors import UserError
+
+ROLES = {"prefill": "prefiller", "prefiller": "prefiller", "decode": "decoder",
+         "decoder": "decoder", "convertible": "convertible"}
+
+
+class SettingsError(UserError):
+    """The environment does not say how to run this worker."""
+
+
+class LauncherSettings(msgspec.Struct, frozen=True, kw_only=True):
+    role: str
+    """Protocol role: prefiller, decoder or convertible."""
+    profile: str
+    partition: str | None = None
+    state_dir: str | None = None
+    connection_file: str | None = None
+    broker_address: str | None = None
+    worker_id: str
+    job_id: str | None = None
+    node: str = ""
+    log_level: str = "INFO"
+
+
+def settings_from_env(env: Mapping[str, str] = os.environ) -> LauncherSettings:
+    role = env.get("TSSLURM_ROLE", "")
+    if role not in ROLES:
+        raise SettingsError(f"TSSLURM_ROLE={role!r}: set it to prefill, decode or convertible")
+    profile = env.get("TSSLURM_PROFILE", "")
+    if not profile:
+        raise SettingsError("TSSLURM_PROFILE is not set: the launcher needs the deployment profile")
+    address = env.get("TSSLURM_BROKER_ADDRESS") or None
+    if address is not None and not address.startswith("tcp://"):
+        raise SettingsError(f"TSSLURM_BROKER_ADDRESS={address!r}: expected tcp://host:port")
+    job_id = env.get("SLURM_JOB_ID") or None
+    node = env.get("SLURMD_NODENAME") or socket.gethostname()
+    default_id = f"{ROLES[role]}-{job_id}" if job_id else f"{ROLES[role]}-{node}-{os.getpid()}"
+    return LauncherSettings(
+        role=ROLES[role], profile=profile, partition=env.get("TSSLURM_PARTITION") or None,
+        state_dir=env.get("TSSLURM_STATE_DIR") or None,
+        connection_file=env.get("TSSLURM_CONNECTION_FILE") or None, broker_address=address,
+        worker_id=env.get("TSSLURM_WORKER_ID") or default_id, job_id=job_id, node=node,
+        log_level=env.get("TSSLURM_LOG_LEVEL", "INFO").upper())
+
+
+def connection_file(settings: LauncherSettings, state_dir: Path) -> Path:
+    return Path(settings.connection_file).expanduser() if settings.connection_file \
+        else state_dir / "connection.json"
