@@ -364,7 +364,7 @@ class BrokerCore:
         problem = self._worker_problem(info)
         if problem is not None:
             self.counters["workers_refused"] += 1
-            self.outbox.send(identity, Command.DISCONNECT, Disconnect(reason=problem))
+            self.outbox.send(identity, Command.DISCONNECT, Disconnect(reason=problem, fatal=True))
             return None
         for old in (self.pool.get(identity), self.pool.find(info.worker_id)):
             if old is not None:
