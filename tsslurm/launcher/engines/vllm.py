@@ -215,6 +215,7 @@ class VllmEngine:
             try:
                 llm = AsyncLLM.from_engine_args(args, stat_loggers=[self._collector.factory])
             except Exception as error:
+                reap(sorted(child_pids() - before), timeout_s=5.0)
                 raise EngineError(f"vLLM engine failed to start: {_describe(error)}") from error
             self.engine_pids = sorted(child_pids() - before)
         if self.cpus is not None:

@@ -33,7 +33,7 @@ def exit_status(pid: int) -> str:
     try:
         reaped, status = os.waitpid(pid, os.WNOHANG)
     except ChildProcessError:
-        return "exited"
+        return "exited (its log above says why)"
     if reaped == 0:
         return "still running"
     if os.WIFSIGNALED(status):
