@@ -110,6 +110,28 @@ def generate(prompt: str, max_tokens: int, stream: bool, state_dir: Path | None,
             click.echo(result.text if result.text is not None else result.token_ids)
 
 
+@cli.command("simulate")
+@click.option("--trace", "trace", required=True,
+              help="Azure CSV, BurstGPT CSV or Mooncake JSONL (format detected); FILE,FILE mixes")
+@click.option("--profile", "profile", required=True, help="Profile path or name under profiles/")
+@click.option("--policy", "policy", required=True, help="NAME[,NAME...] or all")
+@click.option("--scale", type=float, default=None, help="Request-rate scale [1]")
+@click.option("--peak-instances", type=float, default=None,
+              help="Scale the rate so the busiest 10 s need about N instances")
+@click.option("--window", default=None, help="START:END seconds of the trace")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seeds", type=int, default=1, show_default=True, help="Average over K seeds")
+@click.option("--json", "json_out", required=True, type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--plot", "plot_out", default=None, type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--processes", type=click.IntRange(1, 64), default=2, show_default=True)
+@click.option("--quiet", is_flag=True, help="No progress bar and no table")
+def simulate(**options: object) -> None:
+    """Replay a trace through the policies on the simulated cluster; compare with the oracles."""
+    from tsslurm.sim.command import SimulateArgs, run_simulate
+
+    run_simulate(SimulateArgs(**options))  # type: ignore[arg-type]
+
+
 @cli.group("dev-cluster")
 def dev_cluster() -> None:
     """A private single-host Slurm cluster for development and CI (root, Debian)."""

@@ -11,8 +11,8 @@ Each request j (arrival a, input x, output o) puts two jobs of work on the GPUs:
 `oracle`: instant, free start-up, so capacity follows the work exactly: the total work W.
 `oracle_startup`: every GPU-level that turns on pays the model load L (billed), except the warm
 pool the run starts with. Three valid bounds, the largest is reported:
-  W; the per-level bridge cost of the work forced into blocks of R seconds (R = 1 ... 512 s,
-  two offsets) - averaging a schedule over blocks keeps its GPU time and cannot add start-ups;
+  W; the per-level bridge cost of the work forced into blocks of R seconds (R = 0.5 s ... 6 min,
+  four offsets) - averaging a schedule over blocks keeps its GPU time and cannot add start-ups;
   and that bound split at level 1, where an integer instance count must also hit every
   request's windows (gaps of level 1 longer than L are the only ones it may leave open).
 Pure: no I/O."""
@@ -25,8 +25,10 @@ from tsslurm.profile.schema import Profile
 from tsslurm.sim.slo import ttft_targets_s
 from tsslurm.sim.trace import Trace
 
-BLOCK_S = 1.0
-BLOCK_SIZES = tuple(2 ** k for k in range(10))
+BLOCKS_S = tuple(0.5 * 2 ** (k / 2) for k in range(20))
+"""Block lengths tried, 0.5 s to about 6 minutes in steps of sqrt(2)."""
+OFFSETS = (0.0, 0.25, 0.5, 0.75)
+"""Where block boundaries fall, as a fraction of the block length."""
 LEVEL_STEPS = 512
 """The level grid of the bridge cost: at least 1/32 of a GPU, at most 512 steps to the peak."""
 
@@ -116,11 +118,11 @@ def startup_bound(work: Work, load_s: float, warm_gpus: int) -> float:
     less the start-ups the warm pool saves."""
     presence = level_one_bound(work.starts, work.ends, load_s)
     best = work.total_gpu_s + (load_s if warm_gpus == 0 else 0.0)
-    for size in BLOCK_SIZES:
-        for offset in {0.0, size * BLOCK_S / 2}:
-            levels = forced_levels(work, size * BLOCK_S, offset)
-            whole = bridge_cost(levels, size * BLOCK_S, load_s)
-            split = presence + bridge_cost(np.maximum(levels - 1.0, 0.0), size * BLOCK_S, load_s)
+    for block_s in BLOCKS_S:
+        for offset in OFFSETS:
+            levels = forced_levels(work, block_s, offset * block_s)
+            whole = bridge_cost(levels, block_s, load_s)
+            split = presence + bridge_cost(np.maximum(levels - 1.0, 0.0), block_s, load_s)
             best = max(best, max(whole, split) - warm_gpus * load_s)
     return best
 

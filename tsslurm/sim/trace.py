@@ -18,6 +18,8 @@ from tsslurm.perfmodel import bucket_of
 from tsslurm.profile.schema import Profile
 
 PEAK_WINDOW_S = 10.0
+JITTER_S = 1.0
+"""Copies made by scale_rate arrive up to this long after their original."""
 
 
 class TraceError(UserError):
@@ -100,24 +102,46 @@ def window(trace: Trace, start: float | None, end: float | None) -> Trace:
                  trace.output_tokens[keep])
 
 
-def scale_rate(trace: Trace, factor: float) -> Trace:
-    """The same requests arriving `factor` times as fast (time compressed by `factor`)."""
+def scale_rate(trace: Trace, factor: float, seed: int = 0) -> Trace:
+    """The request rate times `factor` over the same span: each request is kept floor(factor)
+    times plus once more with probability factor - floor(factor) (seeded); copies arrive within
+    JITTER_S after the original. The trace's shape in time (bursts, lulls) stays where it was,
+    relative to start-up latencies, and every window's load scales by `factor` on average."""
     if not math.isfinite(factor) or factor <= 0:
         raise TraceError(f"bad rate scale {factor!r}: it must be a number > 0")
     if factor == 1.0:
         return trace
-    return Trace(f"{trace.name}x{factor:g}", trace.arrival_s / factor, trace.input_tokens,
+    rng = np.random.default_rng(seed)
+    whole = int(math.floor(factor))
+    copies = whole + (rng.random(len(trace)) < factor - whole)
+    source = np.repeat(np.arange(len(trace)), copies)
+    first = np.ones(len(source), dtype=bool)
+    first[1:] = source[1:] != source[:-1]
+    jitter = np.where(first, 0.0, rng.uniform(0.0, JITTER_S, len(source)))
+    if not len(source):
+        raise TraceError(f"rate scale {factor:g} leaves no request of {trace.name}")
+    scaled = make_trace(f"{trace.name}x{factor:g}", trace.arrival_s[source] + jitter,
+                        trace.input_tokens[source], trace.output_tokens[source])
+    offset = float(trace.arrival_s[source].min())
+    return Trace(scaled.name, scaled.arrival_s + offset, scaled.input_tokens, scaled.output_tokens)
+
+
+def compress_time(trace: Trace, factor: float) -> Trace:
+    """The same requests arriving `factor` times as fast (the span shrinks by `factor`)."""
+    if not math.isfinite(factor) or factor <= 0:
+        raise TraceError(f"bad rate scale {factor!r}: it must be a number > 0")
+    return Trace(f"{trace.name}/{factor:g}", trace.arrival_s / factor, trace.input_tokens,
                  trace.output_tokens)
 
 
 def mix(traces: list[Trace]) -> Trace:
-    """The paper's Mixed trace: each trace scaled to the same request rate (their mean rate),
-    cut to the shortest scaled span, and merged by arrival time."""
+    """The paper's Mixed trace: each trace's time compressed or stretched to the same request
+    rate (their mean rate), cut to the shortest span, and merged by arrival time."""
     if len(traces) < 2:
         raise TraceError("a mixed trace needs at least two traces")
     rates = [len(t) / max(t.span_s, 1e-9) for t in traces]
     target = sum(rates) / len(rates)
-    scaled = [scale_rate(t, target / r) for t, r in zip(traces, rates)]
+    scaled = [compress_time(t, target / r) for t, r in zip(traces, rates)]
     horizon = min(t.span_s for t in scaled)
     parts = [window(t, 0.0, horizon + 1e-9) for t in scaled]
     return make_trace("mixed(" + ",".join(t.name for t in traces) + ")",
