@@ -20,7 +20,7 @@ import zmq
 
 from tsslurm.broker.config import BrokerConfig
 from tsslurm.broker.core import BrokerCore
-from tsslurm.broker.events import EventHub
+from tsslurm.broker.events import Event, EventHub, WorkerChange
 from tsslurm.broker.logs import RateLimitedLog
 from tsslurm.broker.outbox import BatchingOutbox
 from tsslurm.broker.security import CurveGuard
@@ -59,6 +59,7 @@ class Broker:
         self._periodic: dict[str, tuple[float, Callable[[float], None]]] = {}
         self._stopping = threading.Event()
         self.client_port = self.worker_port = 0
+        self.core.events.subscribe(_log_worker_change)
         self.every("heartbeat", config.heartbeat_s, self.core.beat)
         self.every("authorized-keys", 2.0, lambda now: self.guard.reload())
 
@@ -183,11 +184,8 @@ class Broker:
         elif command is Command.HEARTBEAT and worker is not None:
             core.heartbeat(worker, body, now)
         elif command is Command.READY:
-            if core.ready(identity, body, now) is not None:
-                log.info("worker %s ready: %s on %s (%s)", body.worker_id, body.role,
-                         body.partition or "-", body.engine)
+            core.ready(identity, body, now)
         elif command is Command.DISCONNECT and worker is not None:
-            log.info("worker %s disconnected: %s", worker.worker_id, body.reason or "-")
             core.disconnected(worker, body, now)
         elif worker is None:
             core.counters["unregistered_worker_messages"] += 1
@@ -229,3 +227,14 @@ def _bind(socket: zmq.Socket, host: str, port: int) -> int:
         socket.bind(f"tcp://{host}:{port}")
         return port
     return socket.bind_to_random_port(f"tcp://{host}")
+
+
+_WORKER_CHANGE_WORDS = {"ready": "ready", "left": "disconnected", "lost": "lost",
+                        "draining": "draining"}
+
+
+def _log_worker_change(event: Event) -> None:
+    if isinstance(event, WorkerChange):
+        log.info("worker %s %s%s (%s on %s)", event.worker_id,
+                 _WORKER_CHANGE_WORDS.get(event.change, event.change),
+                 f": {event.reason}" if event.reason else "", event.role, event.partition or "-")

@@ -1,0 +1,93 @@
+"""The serving path with real processes: a broker and mock workers on loopback, CURVE, SQLite.
+Hundreds of concurrent streams complete with exactly the mock engine's tokens, one stream
+message per decode iteration, through the disaggregated path the broker's records show."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import subprocess
+import sys
+
+import pytest
+
+from tsslurm.launcher.engines.mock import mock_continuation
+from tsslurm.tokenizer import ByteTokenizer
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def test_200_concurrent_streams_complete_with_the_right_tokens(deployment) -> None:
+    d = deployment()
+    d.start_broker()
+    d.start_worker("p1", "prefill")
+    d.start_worker("d1", "decode")
+    d.start_worker("d2", "decode")
+    rng = random.Random(5)
+    jobs = [([rng.randrange(32, 127) for _ in range(rng.randrange(10, 300))],
+             rng.randrange(4, 48)) for _ in range(200)]
+
+    async def run() -> list:
+        client = d.client(timeout_s=60)
+        try:
+            return await asyncio.gather(*(
+                client.generate(prompt, max_tokens, request_id=f"req-{i}")
+                for i, (prompt, max_tokens) in enumerate(jobs)))
+        finally:
+            await client.close()
+
+    results = asyncio.run(run())
+    for (prompt, max_tokens), result in zip(jobs, results):
+        assert result.token_ids == mock_continuation(prompt, max_tokens)
+        assert (result.finish_reason, result.completion_tokens, result.prompt_tokens) \
+            == ("length", max_tokens, len(prompt))
+        assert result.stream_messages == max_tokens, "one stream message per decode iteration"
+    records = {r.request_id: r for r in d.records(200)}
+    assert len(records) == 200
+    for i, (prompt, max_tokens) in enumerate(jobs):
+        record = records[f"req-{i}"]
+        assert (record.outcome, record.path, record.output_tokens, record.input_tokens) \
+            == ("ok", "disaggregated", max_tokens, len(prompt))
+        assert record.workers.split(",")[0] == "p1" and record.workers.split(",")[1] in {"d1", "d2"}
+        assert record.stream_messages == max_tokens
+        assert record.ttft_s is not None and record.ttft_s > 0
+    assert {r.workers.split(",")[1] for r in records.values()} == {"d1", "d2"}, "both decoders used"
+
+
+def test_text_prompts_are_tokenized_by_the_broker_and_answers_detokenized(deployment) -> None:
+    d = deployment()
+    d.start_broker()
+    d.start_worker("d1", "decode")
+    tokenizer = ByteTokenizer()
+    with d.sync_client(timeout_s=30) as client:
+        client.tokenizer = None  # send text: the broker tokenizes it off its loop
+        result = client.generate("Hello, broker!", max_tokens=12)
+        streamed = [chunk.token_ids for chunk in client.stream("Hello, broker!", max_tokens=12)]
+    expected = mock_continuation(tokenizer.encode("Hello, broker!"), 12)
+    assert result.token_ids == expected and result.prompt_tokens == 14
+    assert [t for chunk in streamed for t in chunk] == expected
+    record = d.records(2)[0]
+    assert (record.input_tokens, record.path) == (14, "plain")
+
+
+def test_the_generate_command(deployment) -> None:
+    d = deployment()
+    d.start_broker()
+    d.start_worker("d1", "decode")
+    tokenizer = ByteTokenizer()
+    expected = tokenizer.decode(mock_continuation(tokenizer.encode("Once upon"), 30))
+    for flag in ("--no-stream", "--stream"):
+        done = subprocess.run(
+            [sys.executable, "-c", "from tsslurm.cli import main; main()", "generate",
+             "Once upon", "--max-tokens", "30", flag, "--state-dir", str(d.state_root)],
+            capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.rstrip("\n") == expected
+
+
+def test_generate_without_a_broker_is_a_clear_error(tmp_path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-c", "from tsslurm.cli import main; main()", "generate", "hi",
+         "--state-dir", str(tmp_path / "nothing")], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1
+    assert "no deployment state directory" in done.stderr and "Traceback" not in done.stderr
