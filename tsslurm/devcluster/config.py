@@ -55,7 +55,7 @@ def _header(layout: Layout, control_host: str) -> list[str]:
         "ProctrackType=proctrack/linuxproc",
         "TaskPlugin=task/none",
         "SlurmdParameters=config_overrides",
-        "ReturnToService=2",
+        "ReturnToService=1",
         "GresTypes=gpu",
     ]
 

@@ -20,6 +20,7 @@ import msgspec
 from tsslurm.errors import UserError
 from tsslurm.slurm import parse
 from tsslurm.slurm.parse import JobStatus, NodeInfo, PartitionInfo
+from tsslurm.slurm.render import JobSpec, render_job
 
 log = logging.getLogger(__name__)
 
@@ -96,6 +97,12 @@ class SlurmAdapter:
             return parse.parse_job_id(out)
         except parse.SlurmParseError as error:
             raise SlurmError(argv, 0, out, "", str(error)) from None
+
+    def submit_job(self, spec: JobSpec) -> str:
+        """Render `spec` with its partition's template, create its log directory, submit it."""
+        script = render_job(spec)
+        Path(spec.log_dir).mkdir(parents=True, exist_ok=True)
+        return self.submit(script)
 
     def cancel(self, job_ids: Iterable[str], signal: str | None = None,
                batch_only: bool = False) -> None:
