@@ -13,8 +13,10 @@ Each request j (arrival a, input x, output o) puts two jobs of work on the GPUs:
 pool the run starts with. Three valid bounds, the largest is reported:
   W; the per-level bridge cost of the work forced into blocks of R seconds (R = 0.5 s ... 6 min,
   four offsets) - averaging a schedule over blocks keeps its GPU time and cannot add start-ups;
-  and that bound split at level 1, where an integer instance count must also hit every
-  request's windows (gaps of level 1 longer than L are the only ones it may leave open).
+  that bound split at level 1, where an integer instance count must also hit every
+  request's windows (gaps of level 1 longer than L are the only ones it may leave open);
+  and the hitting bound: level k of an integer instance count must meet every block whose forced
+  work exceeds (k - 1) x its length, so the level-1 argument applies at every level.
 Pure: no I/O."""
 
 from __future__ import annotations
@@ -114,17 +116,39 @@ def _warm_gpus(profile: Profile) -> int:
 
 
 def startup_bound(work: Work, load_s: float, warm_gpus: int) -> float:
-    """The largest of the block-averaged bridge bounds, with and without the level-1 split,
-    less the start-ups the warm pool saves."""
+    """The largest of: W, the block-averaged bridge bounds (with and without the level-1 split)
+    and the per-level hitting bound; less the start-ups the warm pool saves."""
     presence = level_one_bound(work.starts, work.ends, load_s)
     best = work.total_gpu_s + (load_s if warm_gpus == 0 else 0.0)
+    blocks = []
     for block_s in BLOCKS_S:
         for offset in OFFSETS:
             levels = forced_levels(work, block_s, offset * block_s)
             whole = bridge_cost(levels, block_s, load_s)
             split = presence + bridge_cost(np.maximum(levels - 1.0, 0.0), block_s, load_s)
             best = max(best, max(whole, split) - warm_gpus * load_s)
-    return best
+            blocks.append((np.arange(len(levels)) * block_s - offset * block_s, block_s, levels))
+    return max(best, hitting_bound(work, blocks, load_s, presence) - warm_gpus * load_s)
+
+
+def hitting_bound(work: Work, blocks: list[tuple[np.ndarray, float, np.ndarray]], load_s: float,
+                  level_one: float) -> float:
+    """Sum over integer levels k of the least cost of a level set that meets every block whose
+    forced work exceeds (k - 1) x its length (below it on the whole block, the instance count
+    would do at most (k - 1) x its length of work there). Level 1 also meets every window."""
+    peak = max((float(levels.max()) for _, _, levels in blocks if len(levels)), default=0.0)
+    total = level_one
+    for level in range(2, int(np.ceil(peak)) + 1):
+        starts, ends = [], []
+        for first, length, levels in blocks:
+            busy = levels > level - 1 + 1e-12
+            starts.append(first[busy])
+            ends.append(first[busy] + length)
+        starts_k, ends_k = np.concatenate(starts), np.concatenate(ends)
+        if not len(starts_k):
+            break
+        total += level_one_bound(starts_k, ends_k, load_s)
+    return total
 
 
 def forced_levels(work: Work, block_s: float, offset_s: float) -> np.ndarray:
