@@ -187,6 +187,12 @@ class _Base:
             deadline_s=timeout_s or self.timeout_s)
         return _Call(request)
 
+    def _patience(self, timeout_s: float | None) -> float:
+        """The broker fails a request at its deadline with a clear error; the client gives up on
+        its own only if that error does not come."""
+        timeout = timeout_s or self.timeout_s
+        return timeout + max(1.0, 0.1 * timeout)
+
     def _socket(self, context: zmq.Context) -> zmq.Socket:
         self.endpoint = self._find()
         socket = context.socket(zmq.DEALER)
@@ -259,13 +265,13 @@ class Client(_Base):
             yield StreamChunk([], tail)
 
     def _run(self, call: _Call, timeout_s: float | None) -> Iterator[None]:
-        deadline = time.monotonic() + (timeout_s or self.timeout_s)
+        deadline = time.monotonic() + self._patience(timeout_s)
         self.calls = {call.request.request_id: call}
-        self._sock.send_multipart(call.submission())
+        self._send(call.submission())
         failures = 0
         while not call.finished:
             if time.monotonic() > deadline:
-                self._sock.send_multipart(encode(Command.CANCEL, Cancel(call.request.request_id)))
+                self._send(encode(Command.CANCEL, Cancel(call.request.request_id)))
                 raise RequestTimeout(f"no complete answer within {timeout_s or self.timeout_s} s")
             if self._sock.poll(int(self.idle_s * 1000)):
                 if self._dispatch(self._sock.recv_multipart()):
@@ -276,10 +282,12 @@ class Client(_Base):
                     raise self._unreachable(call)
                 self._sock.close(linger=0)
                 self._sock = self._socket(self._context)
-                self._sock.send_multipart(call.submission())
+                self._send(call.submission())
 
     def _alive(self) -> bool:
-        self._sock.send_multipart(encode(Command.PING, Ping(nonce=1)))
+        if not self._send(encode(Command.PING, Ping(nonce=1))):
+            time.sleep(self.idle_s)
+            return False
         until = time.monotonic() + self.idle_s
         while (left := until - time.monotonic()) > 0 and self._sock.poll(int(left * 1000) + 1):
             frames = self._sock.recv_multipart()
@@ -287,6 +295,14 @@ class Client(_Base):
                 return True
             self._dispatch(frames)
         return False
+
+    def _send(self, frames: list[bytes]) -> bool:
+        """False when the broker is not connected (e.g. it refused this client's key)."""
+        try:
+            self._sock.send_multipart(frames, zmq.NOBLOCK)
+            return True
+        except zmq.Again:
+            return False
 
     def close(self) -> None:
         self._sock.close(linger=0)
@@ -344,14 +360,14 @@ class AsyncClient(_Base):
         request_id = call.request.request_id
         self.calls[request_id] = call
         self._ensure_reader()
-        deadline = loop.time() + (timeout_s or self.timeout_s)
+        deadline = loop.time() + self._patience(timeout_s)
         failures = 0
         try:
-            await self._sock.send_multipart(call.submission())
+            await self._send(call.submission())
             while not call.finished:
                 wait = min(self.idle_s, deadline - loop.time())
                 if wait <= 0:
-                    await self._sock.send_multipart(encode(Command.CANCEL, Cancel(request_id)))
+                    await self._send(encode(Command.CANCEL, Cancel(request_id)))
                     raise RequestTimeout(f"no complete answer within {timeout_s or self.timeout_s} s")
                 progress = len(call.tokens)
                 waiter = call.changed.wait() if call.changed else asyncio.shield(call.done)
@@ -392,7 +408,7 @@ class AsyncClient(_Base):
         """Ping the broker (one ping shared by every request that wonders at the same time)."""
         if self._pong is None or self._pong.done():
             self._pong = asyncio.get_running_loop().create_future()
-            await self._sock.send_multipart(encode(Command.PING, Ping(nonce=self.generation)))
+            await self._send(encode(Command.PING, Ping(nonce=self.generation)))
         try:
             await asyncio.wait_for(asyncio.shield(self._pong), self.idle_s)
             return True
@@ -411,7 +427,14 @@ class AsyncClient(_Base):
             self._ensure_reader()
             for call in list(self.calls.values()):
                 if not call.finished:
-                    await self._sock.send_multipart(call.submission())
+                    await self._send(call.submission())
+
+    async def _send(self, frames: list[bytes]) -> bool:
+        try:
+            await self._sock.send_multipart(frames, flags=zmq.NOBLOCK)
+            return True
+        except zmq.Again:
+            return False
 
     async def close(self) -> None:
         if self._reader is not None:

@@ -19,7 +19,7 @@ from tsslurm.broker.requests import RequestRecord
 from tsslurm.broker.store import read_requests
 from tsslurm.client import AsyncClient, Client
 from tsslurm.protocol import Command, Ping, decode, encode
-from tsslurm.statedir import Connection, StateDir
+from tsslurm.statedir import Connection, StateDir, StateDirError
 
 REPO = Path(__file__).resolve().parents[2]
 MOCK_PROFILE = REPO / "profiles" / "local-mock.yaml"
@@ -124,6 +124,23 @@ class Deployment:
         socket.connect(address)
         return socket
 
+    @staticmethod
+    def ping(socket: zmq.Socket, timeout_ms: int = 1500) -> bool:
+        """True when the broker answers a PING on this socket within the timeout."""
+        try:
+            socket.send_multipart(encode(Command.PING, Ping(nonce=7)), zmq.NOBLOCK)
+        except zmq.Again:  # no connection: the handshake failed
+            time.sleep(timeout_ms / 1000)
+            return False
+        deadline = time.monotonic() + timeout_ms / 1000
+        while (left := deadline - time.monotonic()) > 0:
+            if not socket.poll(int(left * 1000) + 1):
+                return False
+            command, _ = decode(socket.recv_multipart())
+            if command is Command.PONG:
+                return True
+        return False
+
     def _spawn(self, name: str, argv: list[str], env: object) -> subprocess.Popen[bytes]:
         log = open(self.root / f"{name}.log", "ab")  # noqa: SIM115 (the child owns it)
         process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env,  # type: ignore[arg-type]
@@ -135,7 +152,7 @@ class Deployment:
     def _connection_of(self, pid: int) -> Connection | None:
         try:
             connection = StateDir(self.state_root).read_connection()
-        except Exception:  # not written yet
+        except StateDirError:  # not written yet
             return None
         return connection if connection.broker_pid == pid else None
 
@@ -149,19 +166,6 @@ class Deployment:
             if time.monotonic() > deadline:
                 raise AssertionError(f"timed out waiting for {what}:\n{self.log(name)[-3000:]}")
             time.sleep(0.02)
-
-
-def ping(socket: zmq.Socket, timeout_ms: int = 1500) -> bool:
-    """True when the broker answers a PING on this socket within the timeout."""
-    socket.send_multipart(encode(Command.PING, Ping(nonce=7)))
-    deadline = time.monotonic() + timeout_ms / 1000
-    while (left := deadline - time.monotonic()) > 0:
-        if not socket.poll(int(left * 1000) + 1):
-            return False
-        command, _ = decode(socket.recv_multipart())
-        if command is Command.PONG:
-            return True
-    return False
 
 
 def profile_text(**replacements: str) -> str:

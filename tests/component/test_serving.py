@@ -80,7 +80,7 @@ def test_the_generate_command(deployment) -> None:
         done = subprocess.run(
             [sys.executable, "-c", "from tsslurm.cli import main; main()", "generate",
              "Once upon", "--max-tokens", "30", flag, "--state-dir", str(d.state_root)],
-            capture_output=True, text=True, timeout=60)
+            capture_output=True, text=True, timeout=60, check=False)
         assert done.returncode == 0, done.stderr
         assert done.stdout.rstrip("\n") == expected
 
@@ -88,6 +88,16 @@ def test_the_generate_command(deployment) -> None:
 def test_generate_without_a_broker_is_a_clear_error(tmp_path) -> None:
     done = subprocess.run(
         [sys.executable, "-c", "from tsslurm.cli import main; main()", "generate", "hi",
-         "--state-dir", str(tmp_path / "nothing")], capture_output=True, text=True, timeout=60)
+         "--state-dir", str(tmp_path / "nothing")], capture_output=True, text=True, timeout=60, check=False)
     assert done.returncode == 1
     assert "no deployment state directory" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_broker_with_a_bad_profile_is_a_clear_error(tmp_path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("deployment: x\nmodel: {name: m}\n")
+    done = subprocess.run(
+        [sys.executable, "-c", "from tsslurm.cli import main; main()", "broker", "-p", str(bad),
+         "--state-dir", str(tmp_path / "state")], capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 1
+    assert "invalid profile" in done.stderr and "Traceback" not in done.stderr
