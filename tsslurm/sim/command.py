@@ -11,7 +11,7 @@ from typing import Any
 from tsslurm.errors import UserError
 from tsslurm.profile import load_profile
 from tsslurm.profile.schema import Profile
-from tsslurm.sim.run import policy_names, simulate
+from tsslurm.sim.run import make_runner, policy_names, simulate
 from tsslurm.sim.trace import Trace, TraceError, parse_window, scale_for_peak, scale_rate, window
 from tsslurm.sim.trace_io import load_trace
 
@@ -50,6 +50,8 @@ def run_simulate(args: SimulateArgs) -> dict[str, Any]:
     profile = load_profile(args.profile)
     trace, factor = prepare_trace(args, profile)
     refs = policy_names(args.policy)
+    for ref in refs:
+        make_runner(ref, profile)
     seeds = [args.seed + k for k in range(args.seeds)]
     if not args.quiet:
         print(f"trace {trace.summary()} (rate scale {factor:.4g})")

@@ -87,6 +87,10 @@ class Simulation:
         self.heap: list[tuple[float, int, int, object, object]] = []
         self.seq = 0
         self.workers: list[Prefiller | Decoder] = []
+        self.prefillers: list[Prefiller] = []
+        self.convertibles: list[Decoder] = []
+        self.decoders: list[Decoder] = []
+        """Plain decoders and convertibles: where a prefilled request's KV can go."""
         self.queue: deque[int] = deque()
         self.queued_tokens = 0
         self.decode_wait: deque[tuple[int, Prefiller | None]] = deque()
@@ -178,7 +182,8 @@ class Simulation:
         while self.queue:
             request = self.queue[0]
             x = self.inputs[request]
-            placement = place_new(x, x + self.outputs[request], self.workers, self.queued_tokens)
+            placement = place_new(x, x + self.outputs[request], self._placement_candidates(),
+                                  self.queued_tokens)
             if placement is None:
                 return
             self.queue.popleft()
@@ -194,6 +199,13 @@ class Simulation:
                 worker.reserve(x + self.outputs[request])
                 worker.assign_prefill(request, x)
                 self._reschedule(worker)
+
+    def _placement_candidates(self) -> list[Prefiller | Decoder]:
+        """The workers place_new can pick: with a prefiller accepting, only prefillers and
+        convertibles (plain decoders are its choice only when no prefiller is ready)."""
+        if any(p.accepting for p in self.prefillers):
+            return self.prefillers + self.convertibles
+        return self.workers
 
     def _start_batch(self, now: float, prefiller: Prefiller) -> None:
         duration = prefiller.start_batch()
@@ -218,7 +230,7 @@ class Simulation:
         while self.decode_wait:
             request, prefiller = self.decode_wait[0]
             need = self.inputs[request] + self.outputs[request]
-            decoder = place_decode(need, self.workers)
+            decoder = place_decode(need, self.decoders)
             if decoder is None:
                 return
             self.decode_wait.popleft()
@@ -316,11 +328,23 @@ class Simulation:
             worker.updated_at = now
         job.worker, job.state, job.ready_at = worker, READY, now
         self.workers.append(worker)
+        self._by_role(worker).append(worker)
+        if job.role == "convertible":
+            self.decoders.append(worker)
         self.builder.job_ready(now, job.job_id, velocities.kv_capacity_tokens)
 
+    def _by_role(self, worker: Prefiller | Decoder) -> list:
+        if isinstance(worker, Prefiller):
+            return self.prefillers
+        return self.convertibles if worker.role == "convertible" else self.decoders
+
     def _end(self, now: float, job: Job) -> None:
-        if job.worker is not None and job.worker in self.workers:
-            self.workers.remove(job.worker)
+        worker = job.worker
+        if worker is not None and worker in self.workers:
+            self.workers.remove(worker)
+            self._by_role(worker).remove(worker)
+            if worker in self.decoders:
+                self.decoders.remove(worker)
         self.cluster.end(job, now)
         self.builder.job_ended(now, job.job_id)
 
