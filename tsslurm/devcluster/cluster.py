@@ -17,13 +17,14 @@ from pathlib import Path
 import msgspec
 
 from tsslurm.devcluster import host, services
-from tsslurm.devcluster.layout import CLUSTER_NAME, DIR_ENV, Layout, Options
+from tsslurm.devcluster.layout import CLUSTER_NAME, DIR_ENV, TEST_REASON_PREFIX, Layout, Options
 from tsslurm.devcluster.processes import Daemon, DevClusterError, running_pid, stop_all, wait_until
 from tsslurm.slurm.adapter import SlurmAdapter, SlurmError
 from tsslurm.slurm.parse import NodeInfo
 
 READY_TIMEOUT_S = 60.0
 SERVING_STATES = frozenset({"idle", "mixed", "allocated", "completing"})
+HEALABLE_STATES = frozenset({"drained", "draining", "down", "fail", "failing"})
 REPO_ROOT = Path(__file__).resolve().parents[2]
 Log = Callable[[str], None]
 
@@ -104,23 +105,42 @@ def _start_daemons(layout: Layout, log: Log) -> None:
 
 
 def _await_nodes(layout: Layout, log: Log) -> None:
-    """Poll sinfo until every node serves; resume drained nodes; fail with the logs if not."""
+    """Poll sinfo until every node serves, resuming nodes left drained or down (except those a
+    test holds); fail with the daemons' log tails if that takes too long."""
     slurm = adapter_for(layout, timeout_s=5.0)
     wanted = {node.name for node in layout.nodes}
     resumed: set[str] = set()
 
     def ready() -> bool:
-        nodes = _nodes_or_empty(slurm)
+        nodes = [n for n in _nodes_or_empty(slurm) if n.name in wanted]
         for node in nodes:
-            if node.name in wanted and node.state.startswith("drain") and node.name not in resumed:
-                log(f"resuming {node.name} ({node.state}: {node.reason})")
-                slurm.set_node_state(node.name, "RESUME")
+            if _needs_resume(node) and node.name not in resumed:
+                log(f"resuming {node.name} ({node.state}: {node.reason or 'no reason'})")
+                _resume(slurm, node.name)
                 resumed.add(node.name)
-        serving = {n.name for n in nodes if n.responding and n.state in SERVING_STATES}
-        return wanted <= serving
+        return {n.name for n in nodes if _settled(n)} == wanted
 
     if not wait_until(ready, READY_TIMEOUT_S, interval_s=0.2):
         raise DevClusterError(_not_ready_message(layout, _nodes_or_empty(slurm)))
+
+
+def _held_by_test(node: NodeInfo) -> bool:
+    return node.reason.startswith(TEST_REASON_PREFIX)
+
+
+def _needs_resume(node: NodeInfo) -> bool:
+    return node.responding and node.state in HEALABLE_STATES and not _held_by_test(node)
+
+
+def _settled(node: NodeInfo) -> bool:
+    return node.responding and (node.state in SERVING_STATES or _held_by_test(node))
+
+
+def _resume(slurm: SlurmAdapter, name: str) -> None:
+    try:
+        slurm.set_node_state(name, "RESUME")
+    except SlurmError as error:
+        raise DevClusterError(f"could not resume node {name}: {error}") from None
 
 
 def _nodes_or_empty(slurm: SlurmAdapter) -> list[NodeInfo]:

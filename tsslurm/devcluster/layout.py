@@ -24,6 +24,8 @@ GPU_PARTITIONS = ("a100", "h100")
 SPARE_PARTITION = "spare"
 """A one-node a100 partition no product code uses: tests that drain or down a node use it alone."""
 CPU_PARTITION = "cpu"
+TEST_REASON_PREFIX = "tsslurm-test"
+"""Nodes drained or downed with a reason starting so belong to a running test: `up` leaves them."""
 
 
 class Options(msgspec.Struct, frozen=True, kw_only=True):

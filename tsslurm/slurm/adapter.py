@@ -25,12 +25,14 @@ from tsslurm.slurm.render import JobSpec, render_job
 log = logging.getLogger(__name__)
 
 DEFAULT_TIMEOUT_S = 20.0
+UNCONFIRMED_POLLS = 5
 NODE_STATES = frozenset({"DOWN", "DRAIN", "RESUME", "UNDRAIN", "IDLE", "FAIL"})
 _ALREADY_DONE = ("already completing or completed", "Job has already finished")
 
 
 class SlurmError(UserError):
-    """A Slurm command failed: carries argv, exit code (None on timeout), stdout and stderr."""
+    """A Slurm command failed: carries argv, exit code (None when it did not run to an end: timed
+    out, not installed, no configuration), stdout and stderr."""
 
     def __init__(self, argv: Sequence[str], returncode: int | None, stdout: str, stderr: str,
                  message: str = ""):
@@ -39,7 +41,7 @@ class SlurmError(UserError):
         self.stdout = stdout
         self.stderr = stderr
         detail = message or (stderr.strip() or stdout.strip() or "no output")
-        status = "timed out" if returncode is None else f"failed (exit {returncode})"
+        status = "failed" if returncode is None else f"failed (exit {returncode})"
         super().__init__(f"`{' '.join(self.argv)}` {status}: {detail}")
 
 
@@ -62,6 +64,7 @@ class SlurmAdapter:
         self.timeout_s = timeout_s
         self._final: dict[str, JobStatus] = {}
         self._last: dict[str, JobStatus] = {}
+        self._unconfirmed: dict[str, int] = {}
         self._config: dict[str, str] | None = None
 
     @classmethod
@@ -73,12 +76,16 @@ class SlurmAdapter:
             timeout_s: float | None = None) -> str:
         """Run one Slurm command; its stdout, or a SlurmError."""
         limit = self.timeout_s if timeout_s is None else timeout_s
+        conf = self.env.get("SLURM_CONF")
+        if conf and not Path(conf).is_file():
+            raise SlurmError(argv, None, "", "", f"SLURM_CONF={conf} does not exist (Slurm would "
+                             "retry for a minute); start the cluster or fix the path")
         started = time.monotonic()
         try:
             done = subprocess.run(list(argv), input=stdin, capture_output=True, text=True,
                                   timeout=limit, env=self.env, check=False)
         except FileNotFoundError:
-            raise SlurmError(argv, 127, "", "", f"{argv[0]} not found (is Slurm installed?)") from None
+            raise SlurmError(argv, None, "", "", f"{argv[0]} not found (is Slurm installed?)") from None
         except subprocess.TimeoutExpired as expired:
             raise SlurmError(argv, None, _text(expired.stdout), _text(expired.stderr),
                              f"no answer within {limit:g} s (is slurmctld up?)") from None
@@ -192,27 +199,28 @@ class SlurmAdapter:
     def poll(self, job_ids: Iterable[str]) -> PollResult:
         """States of `job_ids`: one squeue for the live ones, one sacct for those that ended."""
         ids = list(dict.fromkeys(job_ids))
-        live = [job_id for job_id in ids if job_id not in self._final]
-        fresh: dict[str, JobStatus] = {}
-        error = None
-        try:
-            fresh = self._poll_live(live)
-        except SlurmError as failure:
-            error = str(failure)
-            log.warning("slurm poll failed, keeping last-known states: %s", failure)
+        fresh, error = self._poll_live([job_id for job_id in ids if job_id not in self._final])
+        if error:
+            log.warning("slurm poll failed, keeping last-known states: %s", error)
         for status in fresh.values():
             self._remember(status)
         return self._result(ids, fresh, error)
 
-    def _poll_live(self, ids: list[str]) -> dict[str, JobStatus]:
+    def _poll_live(self, ids: list[str]) -> tuple[dict[str, JobStatus], str | None]:
         if not ids:
-            return {}
-        statuses = self._squeue(ids)
+            return {}, None
+        try:
+            statuses = self._squeue(ids)
+        except SlurmError as failure:
+            return {}, str(failure)
         ended = [job_id for job_id in ids if job_id not in statuses or statuses[job_id].final]
         if ended:
-            finished = self._sacct(ended)
+            try:
+                finished = self._sacct(ended)
+            except SlurmError as failure:
+                return statuses, str(failure)
             statuses.update({k: v for k, v in finished.items() if v.final or k not in statuses})
-        return statuses
+        return statuses, None
 
     def _squeue(self, ids: list[str]) -> dict[str, JobStatus]:
         argv = ["squeue", "-h", "-t", "all", "-o", parse.SQUEUE_FORMAT, "-j", ",".join(ids)]
@@ -233,10 +241,17 @@ class SlurmAdapter:
         return _parsed(argv, out, lambda text: parse.parse_sacct(text, jobcomp=jobcomp))
 
     def _remember(self, status: JobStatus) -> None:
-        self._last[status.job_id] = status
-        if status.final and status.source != "squeue":
-            self._final[status.job_id] = status
-            self._last.pop(status.job_id, None)
+        """Cache final states: at once from sacct; from squeue (no exit code) only once sacct
+        has missed the job UNCONFIRMED_POLLS times (accounting lags, or never records it)."""
+        job_id = status.job_id
+        self._last[job_id] = status
+        if status.final and status.source == "squeue":
+            self._unconfirmed[job_id] = self._unconfirmed.get(job_id, 0) + 1
+        if status.final and (status.source != "squeue"
+                             or self._unconfirmed[job_id] >= UNCONFIRMED_POLLS):
+            self._final[job_id] = status
+            self._last.pop(job_id, None)
+            self._unconfirmed.pop(job_id, None)
 
     def _result(self, ids: list[str], fresh: dict[str, JobStatus], error: str | None) -> PollResult:
         statuses: dict[str, JobStatus] = {}
