@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import signal
 import time
 from pathlib import Path
@@ -104,8 +105,9 @@ def test_example_connector_hands_kv_over_files_then_a_killed_engine_is_reported(
         deadline = time.monotonic() + 30
         while engine.failed is None and time.monotonic() < deadline:
             runner.run(asyncio.sleep(0.1))
-        with pytest.raises(EngineError, match=r"died .*process \d+ (exited|killed by SIGKILL)"):
-            engine.stats()
+        assert isinstance(engine.failed, EngineError)
+        assert re.search(r"died .*process \d+ (exited|killed by SIGKILL)", str(engine.failed))
+        assert engine.stats().running == 0
         with pytest.raises(EngineError, match="died"):
             runner.run(collect(engine, WorkItem(request_id="late", mode="full",
                                                 prompt_token_ids=[5, 6], max_tokens=2)))
@@ -127,4 +129,5 @@ def test_shutdown_stops_the_engine_process(tiny_model: Path, tmp_path: Path,
     assert time.monotonic() - began < 15
     runner.run(engine.shutdown())
     with pytest.raises(EngineError, match="not running"):
-        engine.stats()
+        runner.run(collect(engine, WorkItem(request_id="x", mode="full", prompt_token_ids=[5],
+                                            max_tokens=1)))

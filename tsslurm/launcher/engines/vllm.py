@@ -56,7 +56,8 @@ class VllmEngine:
                  cpus: Sequence[int] | None = None, env: Mapping[str, str] | None = None,
                  kv_file_ttl_s: float = KV_FILE_TTL_S) -> None:
         """`cpus` pins the engine process to these CPUs with one compute thread each (e.g. [0]
-        and [1] for two engines on two cores); `env` adds variables for the engine process
+        and [1] for two engines on two cores); by default it keeps this process's CPUs (a Slurm
+        job's allocation, or a test's taskset). `env` adds variables for the engine process
         (e.g. VLLM_NIXL_SIDE_CHANNEL_HOST)."""
         self.profile = profile
         self.state_dir = Path(state_dir).expanduser()
@@ -108,6 +109,11 @@ class VllmEngine:
             handler.cancel()
         await asyncio.to_thread(llm.shutdown)
         await asyncio.to_thread(reap, self.engine_pids)
+        totals = self.counters
+        log.info("vLLM engine stopped; prompt tokens: %d computed, %d from the local prefix cache, "
+                 "%d pulled through the KV connector; %d tokens generated, %d requests finished",
+                 totals.prompt_tokens_computed, totals.prompt_tokens_local_cache,
+                 totals.prompt_tokens_external, totals.generation_tokens, totals.finished_requests)
 
     # ---- serving -----------------------------------------------------------------------------
 
@@ -151,8 +157,8 @@ class VllmEngine:
             await self._llm.abort(request_id)
 
     def stats(self) -> WorkerStats:
-        """The engine's latest scheduler stats and token rates; raises EngineError if it died."""
-        self._running_engine()
+        """The engine's latest scheduler stats and token rates (the last known ones once it has
+        stopped: `failed` says whether it died)."""
         return self._collector.worker_stats(self._capacity_tokens, time.monotonic())
 
     # ---- configuration -----------------------------------------------------------------------
@@ -218,9 +224,8 @@ class VllmEngine:
                 reap(sorted(child_pids() - before), timeout_s=5.0)
                 raise EngineError(f"vLLM engine failed to start: {_describe(error)}") from error
             self.engine_pids = sorted(child_pids() - before)
-        if self.cpus is not None:
-            for pid in self.engine_pids:
-                pin_process(pid, self.cpus)
+        for pid in self.engine_pids:
+            pin_process(pid, self.cpus or sorted(os.sched_getaffinity(0)))
         return llm
 
     def _sampling_params(self, item: WorkItem) -> Any:
