@@ -43,11 +43,24 @@ def refusal(layout: Layout, environ: Mapping[str, str]) -> str | None:
     if configured and Path(configured).resolve() != layout.slurm_conf.resolve():
         return (f"SLURM_CONF={configured} points at another cluster; unset it to run the dev "
                 "cluster, or point the tests at that cluster with TSSLURM_SLURM_CONF")
+    closed = _unsearchable_ancestor(layout.root)
+    if closed is not None:
+        return (f"{closed} is not searchable by other users (mode {closed.stat().st_mode & 0o777:o})"
+                "; munged insists that every directory above its socket is. Choose another "
+                "--dir or `chmod o+x` it")
     foreign = [describe(pid, name) for pid, name, conf in slurm_daemons()
                if not is_dev_cluster_conf(conf)]
     if foreign:
         return ("Slurm daemons not started by this dev cluster are running: "
                 + "; ".join(foreign) + ". Refusing to start a second cluster beside them")
+    return None
+
+
+def _unsearchable_ancestor(root: Path) -> Path | None:
+    """The first existing directory above `root` that others cannot traverse, if any."""
+    for parent in reversed(root.resolve().parents):
+        if parent.is_dir() and not parent.stat().st_mode & 0o001:
+            return parent
     return None
 
 
