@@ -111,6 +111,7 @@ class _Call:
         "changed",
         "done",
         "error",
+        "finished_at",
         "finish_reason",
         "first_at",
         "messages",
@@ -128,6 +129,7 @@ class _Call:
         self.error: ClientError | None = None
         self.started = time.perf_counter()
         self.first_at: float | None = None
+        self.finished_at: float | None = None
         self.messages = 0
         self.changed: asyncio.Event | None = None
         self.done: asyncio.Future[None] | None = None
@@ -146,6 +148,7 @@ class _Call:
         if delta.finish_reason is not None:
             self.finish_reason = delta.finish_reason
             self.prompt_tokens = delta.prompt_tokens
+            self.finished_at = time.perf_counter()
 
     def submission(self) -> list[bytes]:
         return encode(Command.SUBMIT, msgspec.structs.replace(self.request,
@@ -160,7 +163,8 @@ class _Call:
             finish_reason=self.finish_reason or "", prompt_tokens=self.prompt_tokens,
             completion_tokens=len(self.tokens),
             ttft_s=None if self.first_at is None else self.first_at - self.started,
-            latency_s=time.perf_counter() - self.started, stream_messages=self.messages)
+            latency_s=(self.finished_at or time.perf_counter()) - self.started,
+            stream_messages=self.messages)
 
 
 class _Base:

@@ -13,8 +13,18 @@ from tsslurm.broker.config import BrokerConfig
 from tsslurm.broker.core import BrokerCore
 from tsslurm.broker.events import Arrival, Finished, FirstToken, WorkerChange
 from tsslurm.broker.requests import RequestRecord
-from tsslurm.protocol import (Command, Disconnect, ErrorReply, GenerateRequest, OutputBatch,
-                              OutputItem, TokenDelta, WorkerInfo, WorkerStats, WorkItem)
+from tsslurm.protocol import (
+    Command,
+    Disconnect,
+    ErrorReply,
+    GenerateRequest,
+    OutputBatch,
+    OutputItem,
+    TokenDelta,
+    WorkerInfo,
+    WorkerStats,
+    WorkItem,
+)
 
 pytestmark = pytest.mark.timeout(30)
 

@@ -256,9 +256,9 @@ class BrokerCore:
 
     def _tokens(self, request: Request, worker: Worker, item: OutputItem, now: float) -> None:
         tokens = item.token_ids
-        if len(tokens) > request.remaining:
-            tokens = tokens[:request.remaining]
         offset = len(request.tokens)
+        if offset + len(tokens) > request.max_tokens:
+            tokens = tokens[:request.max_tokens - offset]
         if tokens:
             if request.charge_prefill:
                 worker.prefill_tokens -= request.charge_prefill

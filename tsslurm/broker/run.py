@@ -12,6 +12,8 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import msgspec
+
 from tsslurm.broker.config import BrokerConfig, config_from_profile
 from tsslurm.broker.server import Broker
 from tsslurm.broker.store import Store
@@ -60,7 +62,7 @@ def serve(profile: Profile, state_root: Path, on_ready: Callable[[Connection], N
         if on_ready is not None:
             on_ready(broker.state.read_connection())
         broker.run()
-        log.info("broker stopping: %s", broker.core.summary())
+        log.info("broker stopping: %s", msgspec.json.encode(broker.summary()).decode())
 
 
 def _bind(broker: Broker) -> None:

@@ -59,9 +59,12 @@ class Broker:
         self._periodic: dict[str, tuple[float, Callable[[float], None]]] = {}
         self._stopping = threading.Event()
         self.client_port = self.worker_port = 0
+        self.received = 0
         self.core.events.subscribe(_log_worker_change)
         self.every("heartbeat", config.heartbeat_s, self.core.beat)
         self.every("authorized-keys", 2.0, lambda now: self.guard.reload())
+        if store is not None:
+            self.every("store", 0.2, lambda now: store.hand_over())
 
     @property
     def events(self) -> EventHub:
@@ -100,6 +103,12 @@ class Broker:
                 core.dispatch()
             self.outbox.flush()
 
+    def summary(self) -> dict[str, object]:
+        """Counts for logs and `tsslurm status`: requests, workers, counters, messages."""
+        return {**self.core.summary(), "messages_received": self.received,
+                "messages_sent": self.outbox.sent, "messages_dropped": dict(self.outbox.dropped),
+                "refused_handshakes": self.guard.refused}
+
     def close(self) -> None:
         if self.tokenizer_pool is not None:
             self.tokenizer_pool.close()
@@ -127,6 +136,7 @@ class Broker:
                 frames = recv(zmq.NOBLOCK)
             except zmq.Again:
                 return
+            self.received += 1
             try:
                 self._on_client(frames, now)
             except Exception as error:  # a bug must cost one request, not the broker
@@ -140,6 +150,7 @@ class Broker:
                 frames = recv(zmq.NOBLOCK)
             except zmq.Again:
                 return
+            self.received += 1
             try:
                 self._on_worker(frames, now)
             except Exception as error:

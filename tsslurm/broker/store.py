@@ -97,10 +97,9 @@ _UPSERT_JOB = (
 class Store:
     """Open (and create) the database; `start()` the writer before queueing writes."""
 
-    def __init__(self, path: Path, flush_interval_s: float = 0.2, batch: int = 2000):
+    def __init__(self, path: Path):
         self.path = path
-        self._flush_interval_s = flush_interval_s
-        self._batch = batch
+        self._pending: list[RequestRecord] = []
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         path.touch(mode=0o600)  # SQLite gives its -wal and -shm files the database's mode
@@ -113,7 +112,15 @@ class Store:
         self._thread.start()
 
     def put_request(self, record: RequestRecord) -> None:
-        self._queue.put(record)
+        """Keep a record for the next `hand_over` (the hot path: a list append)."""
+        self._pending.append(record)
+
+    def hand_over(self) -> None:
+        """Give the records kept since the last call to the writer thread, as one batch (the
+        broker calls this on a timer, from its loop)."""
+        if self._pending:
+            batch, self._pending = self._pending, []
+            self._queue.put(batch)
 
     def put_job(self, job: JobRecord) -> None:
         self._queue.put(job)
@@ -123,12 +130,14 @@ class Store:
 
     def flush(self, timeout_s: float = 10.0) -> bool:
         """Wait until everything queued so far is written."""
+        self.hand_over()
         done = threading.Event()
         self._queue.put(done)
         return done.wait(timeout_s)
 
     def close(self) -> None:
         if self._thread is not None:
+            self.hand_over()
             self._queue.put(None)
             self._thread.join(timeout=30)
             self._thread = None
@@ -152,12 +161,11 @@ class Store:
             db.close()
 
     def _take_batch(self) -> list[Any]:
+        """Wait for something to write, then take whatever else is already queued."""
         items = [self._queue.get()]
-        deadline = time.monotonic() + self._flush_interval_s
-        while len(items) < self._batch and items[-1] is not None \
-                and not isinstance(items[-1], threading.Event):
+        while items[-1] is not None:
             try:
-                items.append(self._queue.get(timeout=max(0.0, deadline - time.monotonic())))
+                items.append(self._queue.get_nowait())
             except queue.Empty:
                 break
         return items
@@ -190,7 +198,7 @@ def _reading(path: Path) -> Iterator[sqlite3.Connection]:
 
 def _write_batch(db: sqlite3.Connection, items: list[Any]) -> bool:
     """Write one batch; False once the close sentinel (None) is seen."""
-    records = [item for item in items if isinstance(item, RequestRecord)]
+    records = [record for item in items if isinstance(item, list) for record in item]
     now = time.time()
     with db:
         if records:
