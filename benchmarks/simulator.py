@@ -23,10 +23,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tsslurm.profile import load_profile  # noqa: E402
-from tsslurm.sim import synthetic  # noqa: E402
-from tsslurm.sim.run import policy_names, run_policy, simulate  # noqa: E402
-from tsslurm.sim.trace_io import load_trace  # noqa: E402
+from tsslurm.profile import load_profile
+from tsslurm.sim import synthetic
+from tsslurm.sim.run import policy_names, run_policy, simulate
+from tsslurm.sim.trace_io import load_trace
 
 CONV = ROOT.parent / "shared" / "traces" / "AzureLLMInferenceTrace_conv.csv"
 EVENTS_PER_REQUEST = 6

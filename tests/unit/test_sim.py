@@ -18,8 +18,9 @@ from tsslurm.policy.snapshot import ROLES, Decision, Snapshot
 from tsslurm.profile import load_profile
 from tsslurm.profile.schema import Profile
 from tsslurm.sim import synthetic
-from tsslurm.sim.engine import SimConfig, Simulation
+from tsslurm.sim.engine import Simulation
 from tsslurm.sim.report import to_json
+from tsslurm.sim.results import SimConfig
 from tsslurm.sim.run import run_policy, simulate
 from tsslurm.sim.slo import SERVED
 from tsslurm.sim.trace import Trace, make_trace
@@ -52,9 +53,9 @@ def with_kv_capacity(profile: Profile, tokens: int) -> Profile:
         msgspec.structs.replace(part, velocities=velocities)])
 
 
-def run_fixed(trace: Trace, profile: Profile, config: SimConfig = SimConfig(), **counts: int):
+def run_fixed(trace: Trace, profile: Profile, config: SimConfig | None = None, **counts: int):
     runner = PolicyRunner("sim-test-fixed", {"prefill": 1, "decode": 1, **counts})
-    return Simulation(trace, profile, runner, config).run()
+    return Simulation(trace, profile, runner, config or SimConfig()).run()
 
 
 def ttft(result: Any, trace: Trace) -> np.ndarray:

@@ -11,7 +11,14 @@ import pytest
 from tsslurm.profile import load_profile
 from tsslurm.sim import synthetic
 from tsslurm.sim.trace import (
-    TraceError, make_trace, mix, parse_window, peak_instances, scale_for_peak, scale_rate, window,
+    TraceError,
+    make_trace,
+    mix,
+    parse_window,
+    peak_instances,
+    scale_for_peak,
+    scale_rate,
+    window,
 )
 from tsslurm.sim.trace_io import load_trace, read_trace
 

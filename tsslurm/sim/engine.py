@@ -14,7 +14,6 @@ import heapq
 import math
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import numpy as np
 
@@ -25,6 +24,7 @@ from tsslurm.policy.runner import PolicyRunner
 from tsslurm.policy.snapshot import Action, Cancel, Drain, Submit
 from tsslurm.profile.schema import Partition, Profile
 from tsslurm.sim.cluster import DRAINING, ENDED, PENDING, READY, STARTING, Cluster, Job, QueueWaits
+from tsslurm.sim.results import RunResult, SimConfig, Timeline
 from tsslurm.sim.slo import KILLED, REJECTED, SERVED, Outcomes
 from tsslurm.sim.trace import Trace
 from tsslurm.sim.workers import Decoder, Prefiller
@@ -33,44 +33,11 @@ TICK, JOB_START, JOB_READY, JOB_LIMIT, PREFILL_DONE, TRANSFER_DONE, DECODER = ra
 ROLE_OF_WORKER = {"prefill": "prefiller", "decode": "decoder", "convertible": "convertible"}
 
 
-@dataclass(frozen=True)
-class SimConfig:
-    seed: int = 0
-    drain_grace_s: float = 600.0
-    """After the last arrival the run goes on at most this long for requests to finish."""
-    sample_s: float = 10.0
-    """Spacing of the timeline samples (plots)."""
-    max_batch_tokens: int | None = None
-    """Tokens per prefill batch; default: the engine's max_num_batched_tokens, else 8192."""
-    chunk_tokens: int | None = None
-    """Prefill tokens a decoder adds to one iteration when it prefills whole requests; default:
-    what V_P prefills in half the TPOT target (so the decodes beside it keep TPOT), at most the
-    convertible cap."""
-    warm_start: bool = True
-    """Start with the pools' minimum ready (a service already up), billed from time 0."""
-
-
-@dataclass
-class Timeline:
-    time_s: list[float]
-    counts: dict[str, list[list[int]]]
-    """role -> per sample [ready, starting, pending, draining]."""
-    ready_prefill_tokens_per_s: list[float]
-
-
-@dataclass
-class RunResult:
-    outcomes: Outcomes
-    cluster: Cluster
-    end_s: float
-    timeline: Timeline
-    decisions: list[tuple[float, dict[str, dict[str, int]]]]
-
-
 class Simulation:
     def __init__(self, trace: Trace, profile: Profile, runner: PolicyRunner,
-                 config: SimConfig = SimConfig(),
+                 config: SimConfig | None = None,
                  progress: Callable[[float], None] | None = None):
+        config = config or SimConfig()
         self.trace, self.profile, self.runner, self.config = trace, profile, runner, config
         self.progress = progress
         self.partition = next(p for p in profile.partitions if p.velocities is not None)
@@ -159,10 +126,9 @@ class Simulation:
             self._job_start(now, subject)
         elif kind == JOB_READY:
             self._job_ready(now, subject)
-        elif kind == JOB_LIMIT:
-            if subject.state != ENDED:
-                self.cluster.timed_out += 1
-                self._kill(now, subject)
+        elif kind == JOB_LIMIT and subject.state != ENDED:
+            self.cluster.timed_out += 1
+            self._kill(now, subject)
 
     # ---- requests ----------------------------------------------------------------------------
 

@@ -18,8 +18,9 @@ import numpy as np
 from tsslurm.policy.registry import POLICIES, _load_builtin
 from tsslurm.policy.runner import PolicyRunner
 from tsslurm.profile.schema import Profile
-from tsslurm.sim.engine import RunResult, SimConfig, Simulation
+from tsslurm.sim.engine import Simulation
 from tsslurm.sim.oracle import bounds
+from tsslurm.sim.results import RunResult, SimConfig
 from tsslurm.sim.slo import KILLED, REJECTED, SERVED, UNFINISHED, attainment, summary
 from tsslurm.sim.trace import Trace
 
@@ -76,7 +77,7 @@ def _figures(trace: Trace, profile: Profile, result: RunResult) -> PolicyRun:
     figures: dict[str, Any] = {
         **summary(met, outcomes, trace.output_tokens),
         "gpu_hours": round(result.cluster.gpu_seconds(result.end_s) / 3600.0, 6),
-        "requests": int(len(trace)),
+        "requests": len(trace),
         "jobs_submitted": result.cluster.submitted,
         "jobs_cancelled": result.cluster.cancelled,
         "jobs_timed_out": result.cluster.timed_out,
@@ -144,7 +145,7 @@ def simulate(trace: Trace, profile: Profile, refs: list[str], seeds: list[int],
     report = {
         "trace": trace.name,
         "profile": profile.deployment,
-        "requests": int(len(trace)),
+        "requests": len(trace),
         "seeds": seeds,
         "policies": {ref: average(runs) for ref, runs in grouped.items()},
         "oracle": oracle["oracle"],

@@ -112,7 +112,7 @@ def scale_rate(trace: Trace, factor: float, seed: int = 0) -> Trace:
     if factor == 1.0:
         return trace
     rng = np.random.default_rng(seed)
-    whole = int(math.floor(factor))
+    whole = math.floor(factor)
     copies = whole + (rng.random(len(trace)) < factor - whole)
     source = np.repeat(np.arange(len(trace)), copies)
     first = np.ones(len(source), dtype=bool)
@@ -165,7 +165,7 @@ def peak_instances(trace: Trace, profile: Profile, window_s: float = PEAK_WINDOW
                    + (trace.input_tokens + trace.output_tokens) / grid[rows, cols])
     seconds = np.floor(trace.arrival_s).astype(np.int64)
     per_second = np.bincount(seconds, weights=per_request)
-    width = max(1, int(round(window_s)))
+    width = max(1, round(window_s))
     sums = np.convolve(per_second, np.ones(width), mode="valid") if len(per_second) >= width \
         else np.array([per_second.sum()])
     return float(sums.max()) / window_s
