@@ -5,6 +5,7 @@ instant on a login node."""
 from __future__ import annotations
 
 import sys
+import time
 from pathlib import Path
 
 import click
@@ -12,6 +13,7 @@ import click
 from tsslurm import __version__
 
 DEFAULT_PROFILE = "local-tiny"
+_STARTED = time.monotonic()
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -183,7 +185,7 @@ def dev_cluster_status(root: Path | None) -> None:
 
 
 def _progress(message: str) -> None:
-    click.echo(f"dev-cluster: {message}", err=True)
+    click.echo(f"dev-cluster [{time.monotonic() - _STARTED:5.1f}s] {message}", err=True)
 
 
 def main() -> None:

@@ -58,8 +58,7 @@ def up(layout: Layout, log: Log) -> float:
     """Bring the cluster up (or back to health); returns the seconds it took."""
     started = time.monotonic()
     host.check_host(layout, os.environ)
-    for other in host.other_dev_clusters(layout):
-        log(f"another tsslurm dev cluster runs at {other}; this one needs other ports (--port-base)")
+    _refuse_port_clash(layout)
     _refuse_reshape(layout)
     host.install(host.missing_packages(layout.options.accounting), log)
     services.prepare_tree(layout)
@@ -71,6 +70,20 @@ def up(layout: Layout, log: Log) -> float:
     _start_daemons(layout, log)
     _await_nodes(layout, log)
     return time.monotonic() - started
+
+
+def _refuse_port_clash(layout: Layout) -> None:
+    """Another dev cluster may run beside this one, on ports of its own."""
+    for other in host.other_dev_clusters(layout):
+        theirs = Layout(other, _stored_options(other / "cluster.json") or Options())
+        if _ports(theirs) & _ports(layout):
+            raise DevClusterError(
+                f"the dev cluster at {other} uses ports {theirs.options.port_base}+; give this "
+                f"one another --port-base (e.g. {theirs.options.port_base + 1000})")
+
+
+def _ports(layout: Layout) -> set[int]:
+    return {layout.mysql_port, layout.ctld_port, layout.dbd_port} | {n.port for n in layout.nodes}
 
 
 def _refuse_reshape(layout: Layout) -> None:
@@ -208,6 +221,8 @@ def _wipe(layout: Layout, log: Log) -> None:
 
 def status(layout: Layout) -> str:
     """Daemons, nodes and partitions as text."""
+    if not layout.options_file.exists():
+        return f"no dev cluster at {layout.root}: `tsslurm dev-cluster up` creates one"
     lines = [f"dev cluster at {layout.root} ({_describe(layout.options)})",
              f"SLURM_CONF={layout.slurm_conf}", "daemons:"]
     for daemon in _all_daemons(layout):
