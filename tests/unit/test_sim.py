@@ -198,6 +198,19 @@ def test_a_policy_never_sees_the_future() -> None:
     assert decisions[0] == decisions[1]
 
 
+def test_recorded_snapshots_replay_to_the_same_decisions_and_actions() -> None:
+    profile = load_profile("llama3-8b-a100")
+    trace = synthetic.bursty(3.0, 30.0, 120.0, 15.0, 600.0, seed=8)
+    result = Simulation(trace, profile, PolicyRunner("tokenscale"),
+                        SimConfig(record_snapshots=True)).run()
+    replay = PolicyRunner("tokenscale")
+    assert len(result.steps) == len(result.decisions) > 600
+    assert any(step.actions for _, step in result.steps)
+    for snapshot, step in result.steps:
+        encoded = msgspec.msgpack.decode(msgspec.msgpack.encode(snapshot), type=Snapshot)
+        assert replay.step(encoded) == step
+
+
 def test_same_inputs_and_seed_give_byte_identical_json() -> None:
     profile = load_profile("llama3-8b-a100")
     trace = synthetic.bursty(2.0, 20.0, 200.0, 20.0, 600.0, seed=2)

@@ -65,6 +65,7 @@ class Simulation:
         self.generated_at_tick: dict[str, float] = {}
         self.timeline = Timeline([], {r: [] for r in ROLE_OF_WORKER}, [])
         self.decisions: list[tuple[float, dict[str, dict[str, int]]]] = []
+        self.steps: list = []
 
     def _absorb_tokens(self) -> int:
         tiers = self.profile.slo.ttft_tiers
@@ -103,7 +104,8 @@ class Simulation:
                 self._arrive(now, index)
                 index += 1
         end = deadline if self.open else max(self._last_finish(), last)
-        return RunResult(self.outcomes, self.cluster, end, self.timeline, self.decisions)
+        return RunResult(self.outcomes, self.cluster, end, self.timeline, self.decisions,
+                         self.steps)
 
     def _last_finish(self) -> float:
         finished = self.outcomes.finish_s
@@ -342,8 +344,11 @@ class Simulation:
 
     def _tick(self, now: float) -> None:
         self._report_workers(now)
-        step = self.runner.step(self.builder.snapshot(now))
+        snapshot = self.builder.snapshot(now)
+        step = self.runner.step(snapshot)
         self.decisions.append((now, step.decision.targets))
+        if self.config.record_snapshots:
+            self.steps.append((snapshot, step))
         for action in step.actions:
             self._apply(now, action)
         if now >= len(self.timeline.time_s) * self.config.sample_s:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+from tsslurm.policy.runner import Step
+from tsslurm.policy.snapshot import Snapshot
 
 from tsslurm.sim.cluster import Cluster
 from tsslurm.sim.slo import Outcomes
@@ -21,6 +24,8 @@ class SimConfig:
     """Prefill tokens a decoder adds to one iteration when it prefills whole requests; default:
     what V_P prefills in half the TPOT target (so the decodes beside it keep TPOT), at most the
     convertible cap."""
+    record_snapshots: bool = False
+    """Keep every snapshot the policy saw with the actions it led to (parity tests)."""
     warm_start: bool = True
     """Start with the pools' minimum ready (a service already up), billed from time 0."""
 
@@ -40,3 +45,4 @@ class RunResult:
     end_s: float
     timeline: Timeline
     decisions: list[tuple[float, dict[str, dict[str, int]]]]
+    steps: list[tuple[Snapshot, Step]] = field(default_factory=list)
