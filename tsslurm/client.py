@@ -2,6 +2,7 @@
 requests on one socket). Both find a deployment through its state directory's connection file, a
 credentials file handed to another user, or an explicit Endpoint.
 
+`Endpoint` and `find_endpoint` (re-exported from tsslurm.statedir) say where a deployment is.
 Requests travel as token ids when the deployment's tokenizer is at hand (text otherwise: the
 broker tokenizes). Answers are detokenized when it is. A request that hears nothing for a while
 pings the broker; if the broker does not answer, the client reconnects (a new socket, the
@@ -35,7 +36,7 @@ from tsslurm.protocol import (
     decode,
     encode,
 )
-from tsslurm.statedir import Keypair, StateDir, read_connection_file, read_credentials
+from tsslurm.statedir import Endpoint, find_endpoint
 from tsslurm.tokenizer import IncrementalDecoder, Tokenizer, load_tokenizer
 
 
@@ -60,14 +61,6 @@ class BrokerUnavailable(ClientError):
     pass
 
 
-class Endpoint(NamedTuple):
-    address: str
-    server_public_key: bytes
-    client_keys: Keypair
-    tokenizer: str | None = None
-    model: str = ""
-
-
 class GenerateResult(msgspec.Struct, kw_only=True):
     request_id: str
     token_ids: list[int]
@@ -85,25 +78,6 @@ class StreamChunk(NamedTuple):
     text: str | None
 
 
-def find_endpoint(state_dir: str | Path | None = None, credentials: str | Path | None = None,
-                  profile: str | None = None) -> Endpoint:
-    """The deployment to talk to: a credentials file, a state directory, or a profile's."""
-    if credentials is not None:
-        given = read_credentials(credentials)
-        c = given.connection
-        return Endpoint(c.client_address, c.server_public_key.encode(), given.client_keys,
-                        c.tokenizer, c.model)
-    if state_dir is None:
-        from tsslurm.profile import load_profile
-        from tsslurm.profile import state_dir as profile_state_dir
-
-        state_dir = profile_state_dir(load_profile(profile or "local-tiny"))
-    state = StateDir.open(state_dir)
-    c = read_connection_file(state.connection_file)
-    return Endpoint(c.client_address, c.server_public_key.encode(), state.client_keys(),
-                    c.tokenizer, c.model)
-
-
 class _Call:
     """One request's progress; deltas apply by offset, so a resent token is never kept twice."""
 
@@ -111,8 +85,8 @@ class _Call:
         "changed",
         "done",
         "error",
-        "finished_at",
         "finish_reason",
+        "finished_at",
         "first_at",
         "messages",
         "prompt_tokens",
@@ -165,6 +139,24 @@ class _Call:
             ttft_s=None if self.first_at is None else self.first_at - self.started,
             latency_s=(self.finished_at or time.perf_counter()) - self.started,
             stream_messages=self.messages)
+
+
+class _Chunker:
+    """The new part of a call's tokens (and text, when a tokenizer is at hand) since last time."""
+
+    def __init__(self, tokenizer: Tokenizer | None):
+        self._text = IncrementalDecoder(tokenizer) if tokenizer else None
+        self._seen = 0
+
+    def take(self, call: _Call) -> StreamChunk | None:
+        new, self._seen = call.tokens[self._seen:], len(call.tokens)
+        if not new:
+            return None
+        return StreamChunk(new, self._text.push(new) if self._text else None)
+
+    def tail(self) -> StreamChunk | None:
+        rest = self._text.flush() if self._text else ""
+        return StreamChunk([], rest) if rest else None
 
 
 class _Base:
@@ -258,15 +250,13 @@ class Client(_Base):
                sampling: Sampling | None = None, *, request_id: str | None = None,
                timeout_s: float | None = None) -> Iterator[StreamChunk]:
         call = self._new_call(prompt, max_tokens, sampling, True, request_id, timeout_s)
-        text = IncrementalDecoder(self.tokenizer) if self.tokenizer else None
-        seen = 0
+        chunker = _Chunker(self.tokenizer)
         for _ in self._run(call, timeout_s):
-            new, seen = call.tokens[seen:], len(call.tokens)
-            if new:
-                yield StreamChunk(new, text.push(new) if text else None)
+            if chunk := chunker.take(call):
+                yield chunk
         call.result(None)
-        if text is not None and (tail := text.flush()):
-            yield StreamChunk([], tail)
+        if tail := chunker.tail():
+            yield tail
 
     def _run(self, call: _Call, timeout_s: float | None) -> Iterator[None]:
         deadline = time.monotonic() + self._patience(timeout_s)
@@ -346,15 +336,13 @@ class AsyncClient(_Base):
                      sampling: Sampling | None = None, *, request_id: str | None = None,
                      timeout_s: float | None = None) -> AsyncIterator[StreamChunk]:
         call = self._new_call(prompt, max_tokens, sampling, True, request_id, timeout_s)
-        text = IncrementalDecoder(self.tokenizer) if self.tokenizer else None
-        seen = 0
+        chunker = _Chunker(self.tokenizer)
         async for _ in self._run(call, timeout_s, wake_on_tokens=True):
-            new, seen = call.tokens[seen:], len(call.tokens)
-            if new:
-                yield StreamChunk(new, text.push(new) if text else None)
+            if chunk := chunker.take(call):
+                yield chunk
         call.result(None)
-        if text is not None and (tail := text.flush()):
-            yield StreamChunk([], tail)
+        if tail := chunker.tail():
+            yield tail
 
     async def _run(self, call: _Call, timeout_s: float | None,
                    wake_on_tokens: bool) -> AsyncIterator[None]:

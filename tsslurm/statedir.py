@@ -75,6 +75,16 @@ class Credentials(msgspec.Struct, frozen=True, kw_only=True):
         return Keypair(self.client_public_key.encode(), self.client_secret_key.encode())
 
 
+class Endpoint(NamedTuple):
+    """How a client reaches a deployment."""
+
+    address: str
+    server_public_key: bytes
+    client_keys: Keypair
+    tokenizer: str | None = None
+    model: str = ""
+
+
 class StateDir:
     """One deployment's state directory. `create` makes it (and its keys); `open` requires it."""
 
@@ -238,3 +248,21 @@ def _write_private(file: Path, text: str) -> None:
         handle.write(text)
     os.chmod(file, 0o600)
 
+
+def find_endpoint(state_dir: str | Path | None = None, credentials: str | Path | None = None,
+                  profile: str | None = None) -> Endpoint:
+    """The deployment to talk to: a credentials file, a state directory, or a profile's."""
+    if credentials is not None:
+        given = read_credentials(credentials)
+        c = given.connection
+        return Endpoint(c.client_address, c.server_public_key.encode(), given.client_keys,
+                        c.tokenizer, c.model)
+    if state_dir is None:
+        from tsslurm.profile import load_profile
+        from tsslurm.profile import state_dir as profile_state_dir
+
+        state_dir = profile_state_dir(load_profile(profile or "local-tiny"))
+    state = StateDir.open(state_dir)
+    c = read_connection_file(state.connection_file)
+    return Endpoint(c.client_address, c.server_public_key.encode(), state.client_keys(),
+                    c.tokenizer, c.model)

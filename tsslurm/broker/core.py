@@ -1,5 +1,6 @@
-"""The broker's logic without sockets: clients' requests, workers' lifecycle, placement through the
-pure routing functions, re-routing when a worker is lost or drains, deadlines. Handlers take
+"""The broker's logic without sockets: clients' requests, placement through the pure routing
+functions, re-routing when a worker is lost or drains, deadlines (workers' lifecycle: the
+WorkerLifecycle mixin in lifecycle.py). Handlers take
 decoded messages and the time, update the tables and queue outgoing messages on an Outbox; the
 socket loop (server.py) owns sockets, decoding, timers and batching.
 
@@ -11,14 +12,13 @@ from __future__ import annotations
 
 from collections import Counter, deque
 from collections.abc import Callable
-from typing import Any, Protocol
-
-import msgspec
+from typing import Any
 
 from tsslurm.broker import routing
 from tsslurm.broker.admission import Limits, check_length, check_request, check_token_ids
 from tsslurm.broker.config import BrokerConfig
-from tsslurm.broker.events import Arrival, EventHub, Finished, FirstToken, WorkerChange
+from tsslurm.broker.events import Arrival, EventHub, Finished, FirstToken
+from tsslurm.broker.lifecycle import Outbox, WorkerLifecycle
 from tsslurm.broker.requests import (
     AWAITING_DECODE,
     DECODING,
@@ -36,39 +36,13 @@ from tsslurm.broker.requests import (
 )
 from tsslurm.broker.store import JobRecord
 from tsslurm.broker.timers import TimerHeap
-from tsslurm.broker.workers import POLICY_ROLE, ROLE_ALIASES, Worker, WorkerPool
-from tsslurm.protocol import (
-    PROTOCOL_VERSION,
-    BrokerBeat,
-    Command,
-    Disconnect,
-    Drain,
-    ErrorReply,
-    GenerateRequest,
-    OutputBatch,
-    OutputItem,
-    TokenDelta,
-    WorkerInfo,
-    WorkerStats,
-    WorkItem,
-)
+from tsslurm.broker.workers import Worker, WorkerPool
+from tsslurm.protocol import ErrorReply, GenerateRequest, OutputBatch, OutputItem, TokenDelta
 
 _STATE_FOR_MODE = {routing.PREFILL: PREFILLING, routing.FULL: RUNNING, routing.DECODE: DECODING}
 
 
-class Outbox(Protocol):
-    def stream(self, client: bytes, delta: TokenDelta) -> None: ...
-
-    def error(self, client: bytes, reply: ErrorReply) -> None: ...
-
-    def work(self, worker: bytes, item: WorkItem) -> None: ...
-
-    def abort(self, worker: bytes, request_id: str) -> None: ...
-
-    def send(self, worker: bytes, command: Command, body: msgspec.Struct) -> None: ...
-
-
-class BrokerCore:
+class BrokerCore(WorkerLifecycle):
     def __init__(self, config: BrokerConfig, outbox: Outbox, *, events: EventHub | None = None,
                  record: Callable[[RequestRecord], None] | None = None,
                  job: Callable[[JobRecord], None] | None = None,
@@ -357,91 +331,6 @@ class BrokerCore:
                 self._fail(request, now, "timeout",
                            f"no complete answer within {request.deadline - request.arrival:.1f} s")
         self.recent.expire(now)
-
-    # ---- workers ------------------------------------------------------------------------------
-
-    def ready(self, identity: bytes, info: WorkerInfo, now: float) -> Worker | None:
-        problem = self._worker_problem(info)
-        if problem is not None:
-            self.counters["workers_refused"] += 1
-            self.outbox.send(identity, Command.DISCONNECT, Disconnect(reason=problem, fatal=True))
-            return None
-        for old in (self.pool.get(identity), self.pool.find(info.worker_id)):
-            if old is not None:
-                self._lose(old, now, "it registered again", retry=False, change="left")
-        worker = Worker(identity, info, now, absorb_tokens=self.config.absorb_for(info.partition),
-                        prefill_cap=self.config.prefill_cap_tokens)
-        self.pool.add(worker)
-        self.dirty = True
-        self._worker_event(worker, now, "ready")
-        return worker
-
-    def heartbeat(self, worker: Worker, stats: WorkerStats, now: float) -> None:
-        worker.stats = stats
-        worker.last_seen = now
-        if stats.draining and not worker.draining:
-            self._mark_draining(worker, now, "the worker is draining")
-        self.dirty = True
-
-    def disconnected(self, worker: Worker, message: Disconnect, now: float) -> None:
-        self._lose(worker, now, message.reason or "disconnected", retry=message.fatal,
-                   change="lost" if message.fatal else "left")
-
-    def drain(self, worker_id: str, now: float, reason: str = "") -> bool:
-        """Take a worker out of routing; it finishes its work, then disconnects (autoscaler seam)."""
-        worker = self.pool.find(worker_id)
-        if worker is None:
-            return False
-        self.outbox.send(worker.identity, Command.DRAIN, Drain(reason=reason))
-        self._mark_draining(worker, now, reason)
-        return True
-
-    def beat(self, now: float) -> None:
-        """Heartbeat every worker and drop the silent ones."""
-        beat = BrokerBeat(time=now)
-        for worker in list(self.pool.workers):
-            if now - worker.last_seen > self.config.expiry_s:
-                self.outbox.send(worker.identity, Command.DISCONNECT,
-                                 Disconnect(reason="missed heartbeats: register again"))
-                self._lose(worker, now, f"silent for {now - worker.last_seen:.1f} s",
-                           retry=True, change="lost")
-            else:
-                self.outbox.send(worker.identity, Command.HEARTBEAT, beat)
-
-    def _lose(self, worker: Worker, now: float, reason: str, *, retry: bool, change: str) -> None:
-        self.pool.remove(worker)
-        self.counters[f"workers_{change}"] += 1
-        for request in list(worker.in_flight.values()):
-            self._interrupt(request, now, retry=retry, reason=f"{worker.worker_id}: {reason}")
-        for request in [r for r in self.decode_queue if r.kv_source is worker]:
-            self._interrupt(request, now, retry=retry, reason=f"its KV was on {worker.worker_id}")
-        self._worker_event(worker, now, change, reason)
-
-    def _mark_draining(self, worker: Worker, now: float, reason: str) -> None:
-        worker.accepting = False
-        worker.draining = True
-        self._worker_event(worker, now, "draining", reason)
-
-    def _worker_problem(self, info: WorkerInfo) -> str | None:
-        if info.protocol_version != PROTOCOL_VERSION:
-            return f"protocol version {info.protocol_version}; this broker speaks {PROTOCOL_VERSION}"
-        if info.role not in ROLE_ALIASES:
-            return f"unknown role {info.role!r}; use prefiller, decoder or convertible"
-        if info.model != self.config.model:
-            return f"this deployment serves {self.config.model!r}, not {info.model!r}"
-        if not info.worker_id:
-            return "READY needs a worker_id"
-        return None
-
-    def _worker_event(self, worker: Worker, now: float, change: str, reason: str = "") -> None:
-        self.events.emit(WorkerChange(now, worker.worker_id, POLICY_ROLE[worker.role],
-                                      worker.partition, change, worker.info.job_id, reason))
-        if worker.info.job_id:
-            state = {"ready": "ready", "draining": "draining"}.get(change, "ended")
-            self._job(JobRecord(job_id=worker.info.job_id, role=POLICY_ROLE[worker.role],
-                                partition=worker.partition, state=state, worker_id=worker.worker_id,
-                                node=worker.info.node, ready_at=now if change == "ready" else None,
-                                ended_at=now if state == "ended" else None, reason=reason))
 
     def summary(self) -> dict[str, Any]:
         return {"requests": len(self.requests), "queued": len(self.prefill_queue),
