@@ -9,6 +9,7 @@ import pytest
 from slurm_helpers import log_of, partition, shell_job, wait_for, wait_for_log
 
 from tsslurm.slurm.parse import FINAL_STATES
+from tsslurm.slurm.render import render_job
 
 GPU_SCRIPT = """
 echo "host=$(hostname)"
@@ -68,3 +69,24 @@ def test_drain_signal_reaches_the_batch_script(slurm, tmp_path: Path) -> None:
     done = wait_for(slurm.adapter, job_id, FINAL_STATES, timeout_s=20)
     assert (done.state, done.exit_code) == ("COMPLETED", 0)
     assert "drain requested" in log_of(spec, job_id)
+
+
+@pytest.mark.timeout(60)
+def test_hold_and_release(slurm, tmp_path: Path) -> None:
+    adapter = slurm.adapter
+    later = shell_job(slurm.name("later"), partition("cpu"), tmp_path, "exit 0")
+    job_id = adapter.submit(render_job(later), ["--begin=now+1hour"])
+    assert wait_for(adapter, job_id, {"PENDING"}).reason in {"BeginTime", ""}
+    adapter.hold([job_id])
+    held_reason = wait_for(adapter, job_id, {"PENDING"}).reason
+    assert held_reason.startswith("JobHeld")
+    adapter.release([job_id])
+    assert not wait_for(adapter, job_id, {"PENDING"}).reason.startswith("JobHeld")
+
+    held = shell_job(slurm.name("held"), partition("cpu"), tmp_path, "echo released")
+    held_id = adapter.submit(render_job(held), ["--hold"])
+    assert wait_for(adapter, held_id, {"PENDING"}).reason == "JobHeldUser"
+    adapter.release([held_id])
+    done = wait_for(adapter, held_id, FINAL_STATES, timeout_s=20)
+    assert (done.state, done.exit_code) == ("COMPLETED", 0)
+    assert "released" in log_of(held, held_id)
