@@ -11,7 +11,7 @@ import pytest
 
 from tsslurm.devcluster import config, host
 from tsslurm.devcluster.cluster import resolve_layout
-from tsslurm.devcluster.layout import Layout, Options
+from tsslurm.devcluster.layout import Layout, Options, fallback_run_dir
 
 ROOT = Path("/srv/ci/.devcluster")
 
@@ -86,12 +86,22 @@ def test_slurmdbd_conf_points_at_the_private_mariadb() -> None:
 
 
 def test_options_given_override_those_stored(tmp_path: Path) -> None:
-    stored = Options(nodes_per_partition=3, accounting=False, port_base=17000)
+    stored = Options(nodes_per_partition=3, accounting=False, port_base=17000, run_dir="/run/x")
     (tmp_path / "cluster.json").write_bytes(msgspec.json.encode(stored))
     assert resolve_layout(tmp_path).options == stored
     changed = resolve_layout(tmp_path, accounting=True, nodes_per_partition=None)
-    assert changed.options == Options(nodes_per_partition=3, accounting=True, port_base=17000)
-    assert resolve_layout(tmp_path / "fresh").options == Options()
+    assert changed.options == msgspec.structs.replace(stored, accounting=True)
+
+
+def test_sockets_move_out_of_a_private_tree(tmp_path: Path) -> None:
+    private = tmp_path / "home"
+    private.mkdir(mode=0o700)
+    hidden = resolve_layout(private / "repo" / ".devcluster")
+    assert hidden.run_dir == fallback_run_dir(hidden.root) and hidden.run_dir.parent == Path("/run")
+    assert hidden.munge_socket.parent == hidden.run_dir
+    assert fallback_run_dir(hidden.root) != fallback_run_dir(tmp_path / "other")
+    open_tree = resolve_layout(Path("/tmp/tsslurm-never-created/dc"))
+    assert open_tree.run_dir == Path("/tmp/tsslurm-never-created/dc/run")
 
 
 @pytest.fixture

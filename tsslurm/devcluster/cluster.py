@@ -17,7 +17,14 @@ from pathlib import Path
 import msgspec
 
 from tsslurm.devcluster import host, services
-from tsslurm.devcluster.layout import CLUSTER_NAME, DIR_ENV, TEST_REASON_PREFIX, Layout, Options
+from tsslurm.devcluster.layout import (
+    CLUSTER_NAME,
+    DIR_ENV,
+    TEST_REASON_PREFIX,
+    Layout,
+    Options,
+    fallback_run_dir,
+)
 from tsslurm.devcluster.processes import Daemon, DevClusterError, running_pid, stop_all, wait_until
 from tsslurm.slurm.adapter import SlurmAdapter, SlurmError
 from tsslurm.slurm.parse import NodeInfo
@@ -40,7 +47,10 @@ def resolve_layout(root: Path | None, **wanted: object) -> Layout:
     base = (root or default_root()).resolve()
     stored = _stored_options(base / "cluster.json")
     changes = {key: value for key, value in wanted.items() if value is not None}
-    return Layout(base, msgspec.structs.replace(stored or Options(), **changes))
+    options = msgspec.structs.replace(stored or Options(), **changes)
+    if not options.run_dir and host.unsearchable_ancestor(base / "run"):
+        options = msgspec.structs.replace(options, run_dir=str(fallback_run_dir(base)))
+    return Layout(base, options)
 
 
 def _stored_options(path: Path) -> Options | None:
@@ -216,6 +226,8 @@ def _wipe(layout: Layout, log: Log) -> None:
         raise DevClusterError(f"{layout.root} has no cluster.json: not a dev cluster directory, "
                               "refusing to delete it")
     shutil.rmtree(layout.root)
+    if layout.options.run_dir:
+        shutil.rmtree(layout.run_dir, ignore_errors=True)
     log(f"removed {layout.root}")
 
 

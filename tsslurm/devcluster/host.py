@@ -43,7 +43,7 @@ def refusal(layout: Layout, environ: Mapping[str, str]) -> str | None:
     if configured and Path(configured).resolve() != layout.slurm_conf.resolve():
         return (f"SLURM_CONF={configured} points at another cluster; unset it to run the dev "
                 "cluster, or point the tests at that cluster with TSSLURM_SLURM_CONF")
-    closed = _unsearchable_ancestor(layout.root)
+    closed = unsearchable_ancestor(layout.run_dir)
     if closed is not None:
         return (f"{closed} is not searchable by other users (mode {closed.stat().st_mode & 0o777:o})"
                 "; munged insists that every directory above its socket is. Choose another "
@@ -56,9 +56,9 @@ def refusal(layout: Layout, environ: Mapping[str, str]) -> str | None:
     return None
 
 
-def _unsearchable_ancestor(root: Path) -> Path | None:
-    """The first existing directory above `root` that others cannot traverse, if any."""
-    for parent in reversed(root.resolve().parents):
+def unsearchable_ancestor(path: Path) -> Path | None:
+    """The first existing directory above `path` that others cannot traverse, if any."""
+    for parent in reversed(path.resolve().parents):
         if parent.is_dir() and not parent.stat().st_mode & 0o001:
             return parent
     return None

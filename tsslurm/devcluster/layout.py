@@ -5,6 +5,7 @@ so the config renderers, the daemon manager and the tests agree by construction.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,7 +36,9 @@ class Options(msgspec.Struct, frozen=True, kw_only=True):
     accounting: bool = True
     port_base: int = DEFAULT_PORT_BASE
     enforce_memory: bool = False
-    """Kill jobs over their --mem (OUT_OF_MEMORY) as a cgroup-enforcing site would."""
+    """Kill jobs over their --mem, as a cgroup-enforcing site would."""
+    run_dir: str = ""
+    """Sockets and pid files when they cannot live in `<root>/run` (see `fallback_run_dir`)."""
 
 
 @dataclass(frozen=True)
@@ -77,8 +80,8 @@ class Layout:
 
     @property
     def run_dir(self) -> Path:
-        """Sockets and pid files; world-searchable because munged insists on it."""
-        return self.root / "run"
+        """Sockets and pid files; every directory above it must be world-searchable (munged)."""
+        return Path(self.options.run_dir) if self.options.run_dir else self.root / "run"
 
     @property
     def munge_dir(self) -> Path:
@@ -152,3 +155,10 @@ class Layout:
     def client_env(self, base: Mapping[str, str]) -> dict[str, str]:
         """`base` plus SLURM_CONF: what a Slurm client (or slurmdbd, which has no -f) needs."""
         return {**base, "SLURM_CONF": str(self.slurm_conf)}
+
+
+def fallback_run_dir(root: Path) -> Path:
+    """Where sockets go when a directory above `root` is private (e.g. a clone under /root):
+    a directory of /run named after `root`, so two dev clusters never share one."""
+    digest = hashlib.sha1(str(root).encode()).hexdigest()[:12]
+    return Path("/run") / f"tsslurm-devcluster-{digest}"
