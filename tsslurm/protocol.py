@@ -27,7 +27,7 @@ Worker <-> broker (worker DEALER -> broker backend ROUTER):
 from __future__ import annotations
 
 import enum
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import msgspec
 
@@ -66,10 +66,14 @@ class Sampling(_Body, frozen=True):
     ignore_eos: bool = False
 
 
+TokenId = Annotated[int, msgspec.Meta(ge=0, lt=1 << 31)]
+"""Checked while decoding (in C): a prompt with a negative or absurd id is a bad SUBMIT body."""
+
+
 class GenerateRequest(_Body):
     request_id: str
     max_tokens: int
-    prompt_token_ids: list[int] | None = None
+    prompt_token_ids: list[TokenId] | None = None
     prompt: str | None = None
     """Text the broker tokenizes (off its event loop) when token ids are not given."""
     model: str | None = None
@@ -221,7 +225,12 @@ BODY_TYPES: dict[Command, type[_Body]] = {
 
 
 class ProtocolError(ValueError):
-    """A message that does not follow this protocol; the text says what is wrong."""
+    """A message that does not follow this protocol; the text says what is wrong. `command` is
+    set when the frames were fine but the command's body was not."""
+
+    def __init__(self, message: str, command: Command | None = None):
+        super().__init__(message)
+        self.command = command
 
 
 _encoder = msgspec.msgpack.Encoder()
@@ -253,7 +262,7 @@ def decode(frames: list[bytes], from_worker: bool = False, max_bytes: int = 16 <
     try:
         return command, decoder.decode(body)
     except (msgspec.DecodeError, msgspec.ValidationError) as error:
-        raise ProtocolError(f"bad {command.name} body: {error}") from None
+        raise ProtocolError(f"bad {command.name} body: {error}", command) from None
 
 
 def _heartbeat_decoder(from_worker: bool) -> msgspec.msgpack.Decoder:

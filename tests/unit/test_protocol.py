@@ -75,6 +75,17 @@ def test_malformed_messages_are_protocol_errors(frames: list[bytes], message: st
         p.decode(frames)
 
 
+@pytest.mark.parametrize("ids", [[1, -1], [1 << 31], [1 << 40]])
+def test_token_ids_out_of_range_are_a_bad_submit_body(ids: list[int]) -> None:
+    body = msgspec.msgpack.encode({"request_id": "r", "max_tokens": 1, "prompt_token_ids": ids})
+    with pytest.raises(p.ProtocolError, match="bad SUBMIT body") as caught:
+        p.decode([p.HEADER, p.Command.SUBMIT.value, body])
+    assert caught.value.command is p.Command.SUBMIT
+    with pytest.raises(p.ProtocolError) as framing:
+        p.decode([b"TSS/2", p.Command.SUBMIT.value, body])
+    assert framing.value.command is None
+
+
 def test_oversized_message_is_refused_before_decoding() -> None:
     body = p.GenerateRequest(request_id="big", max_tokens=1, prompt_token_ids=[1] * 5_000)
     frames = p.encode(p.Command.SUBMIT, body)

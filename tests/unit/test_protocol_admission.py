@@ -36,8 +36,6 @@ def test_good_requests_pass(good: GenerateRequest) -> None:
     (request(prompt=""), "bad_request", "exactly one"),
     (request(prompt=None, prompt_token_ids=None), "bad_request", "exactly one"),
     (request(prompt="", prompt_token_ids=None), "bad_request", "empty"),
-    (request(prompt_token_ids=[1, -1]), "bad_request", "token ids"),
-    (request(prompt_token_ids=[1 << 40]), "bad_request", "token ids"),
     (request(prompt_token_ids=[0] * 95), "too_long", "exceeds the model context of 100"),
     (request(prompt_token_ids=[0] * 500), "too_long", "exceeds the model context"),
     (request(prompt="x" * 10_000, prompt_token_ids=None), "too_long", "longer than"),

@@ -170,7 +170,8 @@ class Broker:
             command, body = decode(frames[1:], max_bytes=self.config.max_message_bytes)
         except ProtocolError as error:
             self.warn.warning("client-protocol", "refused a client message: %s", error)
-            return self.core.reject(identity, None, "protocol", str(error))
+            code = "bad_request" if error.command is Command.SUBMIT else "protocol"
+            return self.core.reject(identity, None, code, str(error))
         if command is Command.SUBMIT:
             self.core.submit(identity, body, now)
         elif command is Command.CANCEL:
