@@ -1,5 +1,5 @@
 """The worker's engine side: an asyncio loop that starts the engine, registers with the broker
-through the link thread (link.py), serves WorkItems and sends one OUTPUT per engine iteration
+through the link thread (link.py; its messages arrive on an asyncio queue), serves WorkItems and sends one OUTPUT per engine iteration
 (everything that became ready in one loop turn goes in one message).
 
 How it ends:
@@ -60,6 +60,7 @@ class WorkerRuntime:
         self._flush_scheduled = False
         self._draining = False
         self._done: asyncio.Future[Ending] | None = None
+        self._inbox: asyncio.Queue[list[list[bytes]]] = asyncio.Queue()
 
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
@@ -73,7 +74,8 @@ class WorkerRuntime:
             return 1
         if self._batched:
             self.engine.set_sink(self._on_outputs)  # type: ignore[attr-defined]
-        self.link.start()
+        self.link.start(lambda messages: loop.call_soon_threadsafe(self._inbox.put_nowait,
+                                                                   messages))
         self.link.ready(encode(Command.READY, self._worker_info(info)))
         log.info("worker %s ready (%s, %s engine)", self.settings.worker_id, self.settings.role,
                  info.engine)
@@ -87,18 +89,18 @@ class WorkerRuntime:
     # ---- messages from the broker -----------------------------------------------------------------
 
     async def _serve(self) -> None:
-        inbox = self.link.inbox
+        """Messages from the link thread, in the order the broker sent them."""
         while True:
-            frames = await inbox.recv_multipart()
-            if frames[0] == RESET:
-                await self._abort_all()
-                continue
-            try:
-                command, body = decode(frames, from_worker=False)
-            except ProtocolError as error:
-                log.warning("ignoring a message from the broker: %s", error)
-                continue
-            await self._handle(command, body)
+            for frames in await self._inbox.get():
+                if frames[0] == RESET:
+                    await self._abort_all()
+                    continue
+                try:
+                    command, body = decode(frames, from_worker=False)
+                except ProtocolError as error:
+                    log.warning("ignoring a message from the broker: %s", error)
+                    continue
+                await self._handle(command, body)
 
     async def _handle(self, command: Command, body: Any) -> None:
         if command is Command.WORK:

@@ -1,0 +1,453 @@
+"""Benchmark of the broker's data path: one `tsslurm broker` process, mock workers
+(`python -m tsslurm.launcher`) and an asyncio client, all on loopback with CURVE, next to the raw
+ZeroMQ round trip measured in the same run (the physical limit).
+
+    .venv/bin/python benchmarks/broker.py [--seconds 10] [--trace PATH]
+
+Workload: the Azure conversation trace's input and output lengths (../shared/traces). Phases:
+1. raw ZeroMQ: DEALER <-> ROUTER echo between two processes over CURVE: round trips/s one at a
+   time and pipelined (64 in flight), and the one-at-a-time latency.
+2. requests/s routed: trace input lengths, 1 output token, closed loop; every request takes the
+   disaggregated path (client -> broker -> prefiller -> broker -> decoder -> broker -> client).
+3. streamed tokens/s: trace input and output lengths, closed loop, one stream message per mock
+   decode iteration; tokens and messages counted at the client.
+4. added latency at a fixed offered load of 500 requests/s (Poisson arrivals, 1 output token):
+   end-to-end latency through the broker (client -> broker -> decoder -> broker -> client) minus
+   the same work sent to the same kind of worker directly (this script playing the broker).
+The mock engines run with near-zero model time (profile below), so the figures are the serving
+path's own cost. Prints a table (and, with --markdown, the docs/benchmarks.md section)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import csv
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from contextlib import contextmanager
+from collections.abc import Iterator
+from pathlib import Path
+
+import zmq
+import zmq.asyncio
+
+from tsslurm.client import AsyncClient
+from tsslurm.perfmodel import roofline_decode_grid
+from tsslurm.profile.schema import DecodeStep, LengthBuckets
+from tsslurm.protocol import (PROTOCOL_VERSION, BrokerBeat, Command, OutputBatch, WorkBatch,
+                              WorkItem, decode, encode)
+from tsslurm.statedir import Connection, StateDir
+
+REPO = Path(__file__).resolve().parents[1]
+TRACE = REPO.parent / "shared" / "traces" / "AzureLLMInferenceTrace_conv.csv"
+TSSLURM = str(Path(sys.executable).parent / "tsslurm")
+STEP = DecodeStep(base_ms=0.5, per_sequence_ms=0.0, per_context_token_us=0.0)
+BUCKETS = LengthBuckets(input_edges=[1024, 4096], output_edges=[128, 512])
+
+
+def profile_yaml() -> str:
+    grid = roofline_decode_grid(STEP, 50_000_000, BUCKETS, 0.1)
+    return f"""deployment: bench-mock
+model: {{name: mock-llama, path: "mock://none", max_context_tokens: 16384}}
+engine: {{kind: mock, convertible_prefill_cap_tokens: 1000000, max_num_batched_tokens: 1000000}}
+partitions:
+  - name: a100
+    gres: gpu:a100
+    template: a100.sbatch
+    velocities:
+      prefill_tokens_per_s: 1.0e+12
+      kv_transfer_tokens_per_s: 1.0e+12
+      kv_bytes_per_token: 131072
+      kv_capacity_tokens: 50000000
+      decode_step: {{base_ms: {STEP.base_ms}, per_sequence_ms: 0.0, per_context_token_us: 0.0}}
+      decode_tokens_per_s: {json.dumps(grid)}
+buckets: {{input_edges: {BUCKETS.input_edges}, output_edges: {BUCKETS.output_edges}}}
+broker: {{host: 127.0.0.1, heartbeat_s: 1.0, liveness: 10, request_timeout_s: 600}}
+"""
+
+
+def load_trace(path: Path) -> list[tuple[int, int]]:
+    with path.open() as handle:
+        return [(int(row["ContextTokens"]), int(row["GeneratedTokens"]))
+                for row in csv.DictReader(handle)]
+
+
+class Prompts:
+    """Prompt token lists of any length, cut from one seeded random sequence."""
+
+    def __init__(self, seed: int = 0):
+        rng = random.Random(seed)
+        self._tokens = [rng.randrange(32, 127) for _ in range(40_000)]
+
+    def of(self, length: int, index: int) -> list[int]:
+        start = (index * 7919) % (len(self._tokens) - length - 1)
+        return self._tokens[start:start + length]
+
+
+# ---- processes --------------------------------------------------------------------------------
+
+class Processes:
+    def __init__(self, root: Path):
+        self.root = root
+        self.children: dict[str, subprocess.Popen[bytes]] = {}
+
+    def spawn(self, name: str, argv: list[str], env: dict[str, str]) -> None:
+        with open(self.root / f"{name}.log", "wb") as log:
+            self.children[name] = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT,
+                                                   env=env)
+
+    def log(self, name: str) -> str:
+        return (self.root / f"{name}.log").read_text(errors="replace")
+
+    def wait_for(self, name: str, text: str, timeout_s: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout_s
+        while text not in self.log(name):
+            if time.monotonic() > deadline or self.children[name].poll() is not None:
+                raise RuntimeError(f"{name} did not log {text!r}:\n{self.log(name)[-2000:]}")
+            time.sleep(0.02)
+
+    def cpu_seconds(self) -> dict[str, float]:
+        """User + system CPU time of each child so far (Linux /proc)."""
+        return {name: _cpu_seconds(process.pid) for name, process in self.children.items()
+                if process.poll() is None}
+
+    def stop(self) -> None:
+        for process in self.children.values():
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+        for process in self.children.values():
+            try:
+                process.wait(10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(5)
+
+
+def _cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def worker_env(profile: Path, state: Path, name: str, role: str) -> dict[str, str]:
+    return {**os.environ, "TSSLURM_PROFILE": str(profile), "TSSLURM_STATE_DIR": str(state),
+            "TSSLURM_ROLE": role, "TSSLURM_WORKER_ID": name, "TSSLURM_LOG_LEVEL": "WARNING"}
+
+
+@contextmanager
+def deployment(root: Path, workers: list[tuple[str, str]]) -> Iterator[tuple[Path, Processes]]:
+    """A broker and mock workers; yields (state dir, processes); the broker's summary is logged
+    at exit (messages received and sent)."""
+    root.mkdir(parents=True)
+    profile, state = root / "profile.yaml", root / "state"
+    profile.write_text(profile_yaml())
+    processes = Processes(root)
+    try:
+        processes.spawn("broker", [TSSLURM, "broker", "-p", str(profile), "--state-dir", str(state),
+                                   "--log-level", "INFO"], dict(os.environ))
+        processes.wait_for("broker", "broker bench-mock")
+        for name, role in workers:
+            processes.spawn(name, [sys.executable, "-m", "tsslurm.launcher"],
+                            worker_env(profile, state, name, role))
+            processes.wait_for("broker", f"worker {name} ready")
+        yield state, processes
+    finally:
+        processes.stop()
+
+
+def broker_summary(processes: Processes) -> dict[str, object]:
+    line = [l for l in processes.log("broker").splitlines() if "broker stopping:" in l][-1]
+    return json.loads(line.split("broker stopping:", 1)[1])
+
+
+# ---- phase 1: raw ZeroMQ ------------------------------------------------------------------------
+
+ECHO = """
+import sys, zmq
+context = zmq.Context()
+server = context.socket(zmq.ROUTER)
+server.curve_secretkey, server.curve_publickey = sys.argv[1].encode(), sys.argv[2].encode()
+server.curve_server = True
+port = server.bind_to_random_port("tcp://127.0.0.1")
+print(port, flush=True)
+while True:
+    server.send_multipart(server.recv_multipart())
+"""
+
+
+def raw_zeromq(seconds: float) -> dict[str, float]:
+    public, secret = zmq.curve_keypair()
+    echo = subprocess.Popen([sys.executable, "-c", ECHO, secret.decode(), public.decode()],
+                            stdout=subprocess.PIPE)
+    try:
+        assert echo.stdout is not None
+        port = int(echo.stdout.readline())
+        context = zmq.Context()
+        client = context.socket(zmq.DEALER)
+        client.curve_serverkey = public
+        client.curve_publickey, client.curve_secretkey = zmq.curve_keypair()
+        client.connect(f"tcp://127.0.0.1:{port}")
+        frames = [b"TSS/1", b"\x01", b"x" * 200]
+        client.send_multipart(frames)
+        client.recv_multipart()
+        latencies = []
+        end = time.perf_counter() + seconds / 2
+        while time.perf_counter() < end:
+            began = time.perf_counter()
+            client.send_multipart(frames)
+            client.recv_multipart()
+            latencies.append(time.perf_counter() - began)
+        sequential_rate = len(latencies) / sum(latencies)
+        window, done, sent = 64, 0, 0
+        began = time.perf_counter()
+        end = began + seconds / 2
+        while time.perf_counter() < end:
+            while sent - done < window:
+                client.send_multipart(frames)
+                sent += 1
+            client.recv_multipart()
+            done += 1
+        pipelined_rate = done / (time.perf_counter() - began)
+        context.destroy(linger=0)
+        return {"round_trips_per_s": sequential_rate, "pipelined_round_trips_per_s": pipelined_rate,
+                "p50_ms": percentile(latencies, 50) * 1e3, "p99_ms": percentile(latencies, 99) * 1e3}
+    finally:
+        echo.kill()
+        echo.wait()
+
+
+# ---- phases 2 and 3: closed loop through the broker ---------------------------------------------
+
+async def closed_loop(state: Path, jobs: list[tuple[list[int], int]], concurrency: int,
+                      seconds: float) -> dict[str, float]:
+    client = AsyncClient(state_dir=state, timeout_s=600)
+    counts = {"requests": 0, "tokens": 0, "messages": 0}
+    stop_at = time.perf_counter() + seconds
+    next_job = iter(range(10**9))
+
+    async def lane() -> None:
+        while time.perf_counter() < stop_at:
+            prompt, max_tokens = jobs[next(next_job) % len(jobs)]
+            result = await client.generate(prompt, max_tokens)
+            assert result.completion_tokens == max_tokens, result
+            counts["requests"] += 1
+            counts["tokens"] += len(result.token_ids)
+            counts["messages"] += result.stream_messages
+
+    began = time.perf_counter()
+    await asyncio.gather(*(lane() for _ in range(concurrency)))
+    elapsed = time.perf_counter() - began
+    await client.close()
+    return {key: value / elapsed for key, value in counts.items()} | {"seconds": elapsed}
+
+
+# ---- phase 4: latency at a fixed offered load ---------------------------------------------------
+
+async def open_loop_broker(state: Path, prompts: list[list[int]], rate: float,
+                           seconds: float) -> list[float]:
+    client = AsyncClient(state_dir=state, timeout_s=60)
+    rng = random.Random(11)
+    latencies: list[float] = []
+
+    async def one(prompt: list[int]) -> None:
+        result = await client.generate(prompt, 1)
+        latencies.append(result.latency_s)
+
+    tasks = []
+    start = time.perf_counter()
+    due = start
+    for index in range(int(rate * seconds)):
+        due += rng.expovariate(rate)
+        await asyncio.sleep(max(0.0, due - time.perf_counter()))
+        tasks.append(asyncio.create_task(one(prompts[index % len(prompts)])))
+    await asyncio.gather(*tasks)
+    await client.close()
+    return latencies
+
+
+async def open_loop_direct(root: Path, prompts: list[list[int]], rate: float,
+                           seconds: float) -> list[float]:
+    """This process plays the broker for one mock decoder: WORK in, OUTPUT back, no broker."""
+    root.mkdir(parents=True)
+    profile = root / "profile.yaml"
+    profile.write_text(profile_yaml())
+    state = StateDir.create(root / "state")
+    keys = state.server_keys()
+    context = zmq.asyncio.Context()
+    router = context.socket(zmq.ROUTER)
+    router.curve_secretkey, router.curve_publickey = keys.secret, keys.public
+    router.curve_server = True
+    port = router.bind_to_random_port("tcp://127.0.0.1")
+    state.write_connection(Connection(
+        deployment="direct", host="127.0.0.1", client_port=0, worker_port=port,
+        server_public_key=keys.public.decode(), protocol_version=PROTOCOL_VERSION,
+        broker_pid=os.getpid(), started_at=time.time(), model="mock-llama"))
+    processes = Processes(root)
+    processes.spawn("d1", [sys.executable, "-m", "tsslurm.launcher"],
+                    worker_env(profile, state.root, "d1", "decode"))
+    try:
+        identity = await _await_ready(router)
+        return await _direct_load(router, identity, prompts, rate, seconds)
+    finally:
+        processes.stop()
+        router.close(linger=0)
+        context.term()
+
+
+async def _await_ready(router: zmq.asyncio.Socket) -> bytes:
+    while True:
+        frames = await asyncio.wait_for(router.recv_multipart(), 30)
+        if frames[2] == Command.READY.value:
+            return frames[0]
+
+
+async def _direct_load(router: zmq.asyncio.Socket, identity: bytes, prompts: list[list[int]],
+                       rate: float, seconds: float) -> list[float]:
+    sent_at: dict[str, float] = {}
+    latencies: list[float] = []
+    total = int(rate * seconds)
+
+    async def beats() -> None:
+        while True:
+            await router.send_multipart([identity, *encode(Command.HEARTBEAT, BrokerBeat())])
+            await asyncio.sleep(0.5)
+
+    async def read() -> None:
+        while len(latencies) < total:
+            frames = await router.recv_multipart()
+            if frames[2] != Command.OUTPUT.value:
+                continue
+            now = time.perf_counter()
+            _, batch = decode(frames[1:], from_worker=True)
+            assert isinstance(batch, OutputBatch)
+            for item in batch.items:
+                if item.finish_reason is not None:
+                    latencies.append(now - sent_at.pop(item.request_id))
+
+    beating, reading = asyncio.create_task(beats()), asyncio.create_task(read())
+    rng = random.Random(11)
+    due = time.perf_counter()
+    for index in range(total):
+        due += rng.expovariate(rate)
+        await asyncio.sleep(max(0.0, due - time.perf_counter()))
+        request_id = f"direct-{index}"
+        item = WorkItem(request_id=request_id, mode="full",
+                        prompt_token_ids=prompts[index % len(prompts)], max_tokens=1)
+        sent_at[request_id] = time.perf_counter()
+        await router.send_multipart([identity, *encode(Command.WORK, WorkBatch([item]))])
+    await asyncio.wait_for(reading, 60)
+    beating.cancel()
+    return latencies
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(q / 100 * (len(ordered) - 1))))]
+
+
+# ---- main ---------------------------------------------------------------------------------------
+
+def run(args: argparse.Namespace) -> dict[str, dict[str, float]]:
+    trace = load_trace(args.trace)
+    rng = random.Random(3)
+    rng.shuffle(trace)
+    prompts = Prompts()
+    routing_jobs = [(prompts.of(i, n), 1) for n, (i, _) in enumerate(trace[:5000])]
+    token_jobs = [(prompts.of(i, n), o) for n, (i, o) in enumerate(trace[:5000])]
+    figures: dict[str, dict[str, float]] = {}
+    if "raw" in args.phases:
+        figures["raw_zeromq"] = raw_zeromq(args.seconds / 2)
+    with tempfile.TemporaryDirectory(prefix="tsslurm-bench-") as tmp:
+        root = Path(tmp)
+        disaggregated = [("p1", "prefill"), ("d1", "decode"), ("d2", "decode")]
+        for phase, jobs in (("requests", routing_jobs), ("tokens", token_jobs)):
+            if phase not in args.phases:
+                continue
+            with deployment(root / phase, disaggregated) as (state, processes):
+                before = processes.cpu_seconds() | {"client": time.process_time()}
+                figures[phase] = asyncio.run(
+                    closed_loop(state, jobs, args.concurrency, args.seconds))
+                after = processes.cpu_seconds() | {"client": time.process_time()}
+            seconds = figures[phase]["seconds"]
+            figures[phase] |= _broker_rates(processes, seconds)
+            figures[phase] |= {f"cpu_{name}": (after[name] - before[name]) / seconds
+                               for name in after}
+        if "latency" not in args.phases:
+            return figures
+        latency_prompts = [prompt for prompt, _ in routing_jobs]
+        with deployment(root / "latency", [("d1", "decode")]) as (state, _):
+            through = asyncio.run(open_loop_broker(state, latency_prompts, args.rate,
+                                                   args.seconds))
+        direct = asyncio.run(open_loop_direct(root / "direct", latency_prompts, args.rate,
+                                              args.seconds))
+    figures["latency"] = {
+        "offered_per_s": args.rate,
+        "through_broker_p50_ms": percentile(through, 50) * 1e3,
+        "through_broker_p99_ms": percentile(through, 99) * 1e3,
+        "direct_p50_ms": percentile(direct, 50) * 1e3,
+        "direct_p99_ms": percentile(direct, 99) * 1e3}
+    latency = figures["latency"]
+    latency["added_p50_ms"] = latency["through_broker_p50_ms"] - latency["direct_p50_ms"]
+    latency["added_p99_ms"] = latency["through_broker_p99_ms"] - latency["direct_p99_ms"]
+    return figures
+
+
+def _broker_rates(processes: Processes, seconds: float) -> dict[str, float]:
+    summary = broker_summary(processes)
+    return {"broker_messages_per_s": (int(summary["messages_received"])  # type: ignore[arg-type]
+                                      + int(summary["messages_sent"])) / seconds}  # type: ignore[arg-type]
+
+
+def report(figures: dict[str, dict[str, float]]) -> str:
+    raw, req, tok, lat = (figures[k] for k in ("raw_zeromq", "requests", "tokens", "latency"))
+    rows = [
+        ("raw ZeroMQ round trips/s (1 in flight / 64 in flight)",
+         f"{raw['round_trips_per_s']:,.0f} / {raw['pipelined_round_trips_per_s']:,.0f}"),
+        ("raw ZeroMQ round trip p50 / p99", f"{raw['p50_ms']:.3f} / {raw['p99_ms']:.3f} ms"),
+        ("requests/s routed (prefill -> decode, 1 token)", f"{req['requests']:,.0f}"),
+        ("  broker messages/s in that phase", f"{req['broker_messages_per_s']:,.0f}"),
+        ("streamed tokens/s (trace lengths)", f"{tok['tokens']:,.0f}"),
+        ("  stream deltas/s at the client (one per request per iteration)",
+         f"{tok['messages']:,.0f}"),
+        ("  broker messages/s in that phase", f"{tok['broker_messages_per_s']:,.0f}"),
+        ("  requests/s in that phase", f"{tok['requests']:,.1f}"),
+        ("broker CPU (share of one core): requests / tokens phase",
+         f"{req['cpu_broker']:.0%} / {tok['cpu_broker']:.0%}"),
+        ("CPU of the rest: client, prefiller, decoders (requests / tokens phase)",
+         f"{req['cpu_client']:.0%} {req['cpu_p1']:.0%} {req['cpu_d1'] + req['cpu_d2']:.0%} / "
+         f"{tok['cpu_client']:.0%} {tok['cpu_p1']:.0%} {tok['cpu_d1'] + tok['cpu_d2']:.0%}"),
+        (f"latency at {lat['offered_per_s']:.0f} req/s through the broker p50 / p99",
+         f"{lat['through_broker_p50_ms']:.2f} / {lat['through_broker_p99_ms']:.2f} ms"),
+        ("  same work sent to the worker directly p50 / p99",
+         f"{lat['direct_p50_ms']:.2f} / {lat['direct_p99_ms']:.2f} ms"),
+        ("  broker's added latency p50 / p99",
+         f"{lat['added_p50_ms']:.2f} / {lat['added_p99_ms']:.2f} ms"),
+    ]
+    width = max(len(name) for name, _ in rows)
+    return "\n".join(f"| {name:<{width}} | {value} |" for name, value in rows)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seconds", type=float, default=10.0, help="length of each phase")
+    parser.add_argument("--concurrency", type=int, default=256, help="closed-loop streams")
+    parser.add_argument("--rate", type=float, default=500.0, help="offered load, requests/s")
+    parser.add_argument("--trace", type=Path, default=TRACE)
+    parser.add_argument("--json", action="store_true", help="print the figures as JSON too")
+    parser.add_argument("--phases", nargs="+", default=["raw", "requests", "tokens", "latency"],
+                        choices=["raw", "requests", "tokens", "latency"])
+    args = parser.parse_args()
+    figures = run(args)
+    if set(args.phases) == {"raw", "requests", "tokens", "latency"}:
+        print(report(figures))
+    if args.json:
+        print(json.dumps(figures, indent=2))
+
+
+if __name__ == "__main__":
+    main()
