@@ -4,26 +4,34 @@ ports. Every process started here is killed at teardown."""
 
 from __future__ import annotations
 
+import logging
 import os
+import queue
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 import zmq
 
 from tsslurm.broker.requests import RequestRecord
+from tsslurm.broker.run import open_broker
+from tsslurm.broker.server import Broker
 from tsslurm.broker.store import read_requests
 from tsslurm.client import AsyncClient, Client
+from tsslurm.profile import load_profile
 from tsslurm.protocol import Command, Ping, decode, encode
 from tsslurm.statedir import Connection, StateDir, StateDirError
 
 REPO = Path(__file__).resolve().parents[2]
 MOCK_PROFILE = REPO / "profiles" / "local-mock.yaml"
 TSSLURM = str(Path(sys.executable).parent / "tsslurm")
+T = TypeVar("T")
 
 
 class Deployment:
@@ -36,6 +44,7 @@ class Deployment:
         self.profile = root / "profile.yaml"
         self.profile.write_text(profile_text)
         self.processes: dict[str, subprocess.Popen[bytes]] = {}
+        self._in_process_stop: Callable[[], None] | None = None
 
     # ---- processes ------------------------------------------------------------------------------
 
@@ -45,6 +54,35 @@ class Deployment:
         self._wait(lambda: self._connection_of(process.pid) is not None, timeout_s,
                    "the broker to write its connection file", "broker")
         return self.connection
+
+    def start_broker_in_process(self) -> Broker:
+        """The broker in this process, its loop on a thread: for its in-process seams (events,
+        call_soon, drain). Its log lines still go to broker.log."""
+        handler = logging.FileHandler(self.root / "broker.log")
+        handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
+        logger = logging.getLogger("tsslurm.broker")
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+        opened = open_broker(load_profile(self.profile), self.state_root)
+        broker = opened.__enter__()
+        thread = threading.Thread(target=broker.run, name="broker-loop", daemon=True)
+        thread.start()
+
+        def stop() -> None:
+            broker.request_stop()
+            thread.join(10)
+            opened.__exit__(None, None, None)
+            logger.removeHandler(handler)
+            handler.close()
+
+        self._in_process_stop = stop
+        return broker
+
+    def on_loop(self, broker: Broker, action: Callable[[float], T], timeout_s: float = 5.0) -> T:
+        """Run `action(now)` on the broker's loop thread and return its result."""
+        done: queue.Queue[T] = queue.Queue()
+        broker.call_soon(lambda now: done.put(action(now)))
+        return done.get(timeout=timeout_s)
 
     def start_worker(self, name: str, role: str, *, wait: bool = True,
                      timeout_s: float = 20.0, **env: str) -> subprocess.Popen[bytes]:
@@ -64,6 +102,8 @@ class Deployment:
         return self.processes[name].wait(timeout_s)
 
     def close(self) -> None:
+        if self._in_process_stop is not None:
+            self._in_process_stop()
         for process in self.processes.values():
             if process.poll() is None:
                 process.send_signal(signal.SIGKILL)

@@ -13,6 +13,7 @@ import logging
 import threading
 import time
 import traceback
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
@@ -60,6 +61,9 @@ class Broker:
         self._stopping = threading.Event()
         self.client_port = self.worker_port = 0
         self.received = 0
+        self._calls: deque[Callable[[float], None]] = deque()
+        self._wake_lock = threading.Lock()
+        self._woken, self._waker = self._wake_pair()
         self.core.events.subscribe(_log_worker_change)
         self.every("heartbeat", config.heartbeat_s, self.core.beat)
         self.every("authorized-keys", 2.0, lambda now: self.guard.reload())
@@ -81,6 +85,16 @@ class Broker:
         self._periodic[name] = (interval_s, callback)
         self._timers.schedule(time.monotonic() + interval_s, name)
 
+    def call_soon(self, callback: Callable[[float], None]) -> None:
+        """Run `callback(now)` on the loop soon. Safe from any thread: how code outside the loop
+        (a control command, a test) reaches the core, e.g. `core.drain(worker_id, now)`."""
+        self._calls.append(callback)
+        with self._wake_lock:
+            try:
+                self._waker.send(b"", zmq.NOBLOCK)
+            except zmq.Again:
+                pass  # wake-ups are pending already
+
     def request_stop(self) -> None:
         """Thread- and signal-safe: the loop ends within MAX_POLL_S."""
         self._stopping.set()
@@ -88,7 +102,8 @@ class Broker:
     def run(self) -> None:
         poller = zmq.Poller()
         handlers: dict[zmq.Socket, Callable[[], None]] = {
-            self.frontend: self._drain_frontend, self.backend: self._drain_backend}
+            self.frontend: self._drain_frontend, self.backend: self._drain_backend,
+            self._woken: self._run_calls}
         if self.tokenizer_pool is not None:
             handlers[self.tokenizer_pool.socket] = self._drain_tokenizer
         for socket in handlers:
@@ -113,7 +128,7 @@ class Broker:
         if self.tokenizer_pool is not None:
             self.tokenizer_pool.close()
         self.guard.stop()
-        for socket in (self.frontend, self.backend):
+        for socket in (self.frontend, self.backend, self._woken, self._waker):
             socket.close(linger=0)
         self.context.term()
 
@@ -153,6 +168,25 @@ class Broker:
             self.received += 1
             try:
                 self._on_worker(frames, now)
+            except Exception as error:
+                self._internal_error(error)
+
+    def _wake_pair(self) -> tuple[zmq.Socket, zmq.Socket]:
+        endpoint = f"inproc://tsslurm-broker-calls-{id(self)}"
+        woken, waker = self.context.socket(zmq.PULL), self.context.socket(zmq.PUSH)
+        woken.bind(endpoint)
+        waker.connect(endpoint)
+        return woken, waker
+
+    def _run_calls(self) -> None:
+        while True:
+            try:
+                self._woken.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                break
+        while self._calls:
+            try:
+                self._calls.popleft()(time.time())
             except Exception as error:
                 self._internal_error(error)
 
