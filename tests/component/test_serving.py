@@ -10,8 +10,10 @@ import subprocess
 import sys
 
 import pytest
+import zmq
 
 from tsslurm.launcher.engines.mock import mock_continuation
+from tsslurm.protocol import Command, GenerateRequest, decode, encode
 from tsslurm.tokenizer import ByteTokenizer
 
 pytestmark = pytest.mark.timeout(120)
@@ -101,3 +103,38 @@ def test_broker_with_a_bad_profile_is_a_clear_error(tmp_path) -> None:
          "--state-dir", str(tmp_path / "state")], capture_output=True, text=True, timeout=60, check=False)
     assert done.returncode == 1
     assert "invalid profile" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_a_resubmit_from_a_new_socket_continues_without_duplicates(deployment) -> None:
+    d = deployment()
+    d.start_broker()
+    d.start_worker("d1", "decode")
+    prompt, max_tokens = [72, 105, 33], 120
+    submit = GenerateRequest(request_id="moving", max_tokens=max_tokens, prompt_token_ids=prompt)
+    context = zmq.Context()
+    try:
+        first = d.raw_socket(context)
+        first.send_multipart(encode(Command.SUBMIT, submit))
+        held: list[int] = []
+        while len(held) < 20:
+            assert first.poll(5000)
+            for delta in decode(first.recv_multipart())[1].deltas:
+                assert delta.offset == len(held)
+                held.extend(delta.token_ids)
+        second = d.raw_socket(context)  # the client reconnected: a new socket, a new identity
+        second.send_multipart(encode(Command.SUBMIT, GenerateRequest(
+            request_id="moving", max_tokens=max_tokens, prompt_token_ids=prompt,
+            resume_from=len(held))))
+        finished = False
+        while not finished:
+            assert second.poll(5000)
+            for delta in decode(second.recv_multipart())[1].deltas:
+                assert delta.offset <= len(held), "never a gap"
+                held.extend(delta.token_ids[len(held) - delta.offset:])
+                finished = delta.finish_reason == "length"
+        assert held == mock_continuation(prompt, max_tokens)
+        while first.poll(300):  # the first socket may hold deltas sent before the move, no more
+            for delta in decode(first.recv_multipart())[1].deltas:
+                assert delta.finish_reason is None
+    finally:
+        context.destroy(linger=0)

@@ -15,11 +15,11 @@ pytestmark = pytest.mark.timeout(60)
 
 
 def record(i: int, **fields: object) -> RequestRecord:
-    base: dict[str, object] = dict(
-        request_id=f"r{i}", arrival=100.0 + i, input_tokens=10 + i, max_tokens=5,
-        output_tokens=5, first_token_at=100.5 + i, finished_at=101.0 + i, path="disaggregated",
-        workers="p1,d1", retries=0, handovers=0, outcome="ok", finish_reason="length",
-        stream_messages=5)
+    base: dict[str, object] = {
+        "request_id": f"r{i}", "arrival": 100.0 + i, "input_tokens": 10 + i, "max_tokens": 5,
+        "output_tokens": 5, "first_token_at": 100.5 + i, "finished_at": 101.0 + i,
+        "path": "disaggregated", "workers": "p1,d1", "retries": 0, "handovers": 0,
+        "outcome": "ok", "finish_reason": "length", "stream_messages": 5}
     base.update(fields)
     return RequestRecord(**base)  # type: ignore[arg-type]
 
@@ -65,7 +65,7 @@ def test_jobs_table_keeps_what_re_adoption_needs(state_dir) -> None:
     assert job == JobRecord(job_id="101", role="decode", partition="a100", state="ready",
                             submitted_at=10.0, started_at=12.0, ready_at=13.0,
                             worker_id="decoder-101", node="n1")
-    ended = [j for j in read_jobs(reopened.path) if j.job_id == "102"][0]
+    ended = next(j for j in read_jobs(reopened.path) if j.job_id == "102")
     assert (ended.state, ended.submitted_at, ended.reason) == ("ended", 11.0,
                                                               "cancelled by the policy")
     assert reopened.deployment() == {"deployment": "t", "broker_pid": "42"}
