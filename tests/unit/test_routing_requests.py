@@ -301,3 +301,17 @@ def test_a_worker_that_registers_again_gets_its_requests_rerouted() -> None:
     h.core.dispatch()
     assert [item.request_id for w, item in h.outbox.work_items] == ["r", "r"]
     assert h.core.requests["r"].handovers == 1
+
+
+def test_finished_requests_do_not_pile_up_behind_their_deadlines() -> None:
+    h = Harness()
+    d = h.worker("d", "decoder")
+    for i in range(5000):
+        h.submit(f"r{i}", max_tokens=1)
+        h.output(d, tokens(f"r{i}", [1], "length"))
+        h.core.expire_requests(h.now)
+    assert not h.core.requests
+    assert len(h.core.deadlines) <= 1024 + 1, "the deadline heap is rebuilt from live requests"
+    assert len(h.records) == 5000 and len(h.core.recent) == 5000
+    h.core.expire_requests(h.now + 10_000)
+    assert len(h.core.recent) == 0, "recent results expire"

@@ -87,7 +87,7 @@ class BrokerCore(WorkerLifecycle):
         request = Request(message.request_id, client, now, message.max_tokens, message.sampling,
                           message.stream, now + timeout)
         self.requests[request.request_id] = request
-        self.deadlines.schedule(request.deadline, request)
+        self.deadlines.schedule(request.deadline, request.request_id)
         if message.prompt_token_ids is not None:
             request.prompt = message.prompt_token_ids
             self._admit(request, now)
@@ -141,7 +141,7 @@ class BrokerCore(WorkerLifecycle):
             return self.outbox.error(client, reply)
         start = min(message.resume_from, len(result.tokens))
         self.outbox.stream(client, TokenDelta(
-            request_id=message.request_id, token_ids=result.tokens[start:], offset=start,
+            request_id=message.request_id, token_ids=list(result.tokens[start:]), offset=start,
             finish_reason=result.finish_reason, prompt_tokens=result.prompt_tokens,
             completion_tokens=len(result.tokens)))
 
@@ -277,7 +277,8 @@ class BrokerCore(WorkerLifecycle):
         self.outbox.stream(request.client, TokenDelta(
             request_id=request.request_id, token_ids=tokens, offset=start, finish_reason=reason,
             prompt_tokens=len(request.prompt), completion_tokens=len(request.tokens)))
-        self._forget(request, now, Result(now, len(request.prompt), request.tokens, reason), "ok")
+        self._forget(request, now, Result(now, len(request.prompt), tuple(request.tokens), reason),
+                     "ok")
 
     def _fail(self, request: Request, now: float, code: str, message: str) -> None:
         if request.worker is not None:
@@ -288,8 +289,8 @@ class BrokerCore(WorkerLifecycle):
         self.counters[f"failed_{code}"] += 1
         self.outbox.error(request.client, ErrorReply(code=code, message=message,
                                                      request_id=request.request_id))
-        self._forget(request, now, Result(now, len(request.prompt), request.tokens, None, code,
-                                          message), code, message)
+        self._forget(request, now, Result(now, len(request.prompt), tuple(request.tokens), None,
+                                          code, message), code, message)
 
     def _forget(self, request: Request, now: float, result: Result, outcome: str,
                 error: str | None = None) -> None:
@@ -326,10 +327,15 @@ class BrokerCore(WorkerLifecycle):
         self._enqueue(request, front=True)
 
     def expire_requests(self, now: float) -> None:
-        for request in self.deadlines.pop_due(now):
-            if self.requests.get(request.request_id) is request and request.state in UNFINISHED:
+        """Fail requests past their deadline. Deadlines of finished requests stay in the heap
+        until due or until it is rebuilt from the live requests (when it holds twice as many)."""
+        for request_id in self.deadlines.pop_due(now):
+            request = self.requests.get(request_id)
+            if request is not None and request.deadline <= now and request.state in UNFINISHED:
                 self._fail(request, now, "timeout",
                            f"no complete answer within {request.deadline - request.arrival:.1f} s")
+        if len(self.deadlines) > 2 * len(self.requests) + 1024:
+            self.deadlines.rebuild((r.deadline, r.request_id) for r in self.requests.values())
         self.recent.expire(now)
 
     def summary(self) -> dict[str, Any]:

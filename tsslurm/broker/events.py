@@ -2,6 +2,8 @@
 SLO accounting and the autoscaler (issue 7). Events are typed Structs; a bounded log keeps the
 latest ones until someone drains them, and subscribers get each one as it happens.
 
+Events hold only scalars and strings, so they are kept out of the garbage collector's sight
+(gc=False): a long log of them costs the broker's loop no collection pauses.
 Pure data and a container: no I/O, no clock (the broker stamps the times)."""
 
 from __future__ import annotations
@@ -12,20 +14,20 @@ from collections.abc import Callable
 import msgspec
 
 
-class Arrival(msgspec.Struct, tag=True, frozen=True):
+class Arrival(msgspec.Struct, tag=True, frozen=True, gc=False):
     time: float
     request_id: str
     input_tokens: int
     max_tokens: int
 
 
-class FirstToken(msgspec.Struct, tag=True, frozen=True):
+class FirstToken(msgspec.Struct, tag=True, frozen=True, gc=False):
     time: float
     request_id: str
     ttft_s: float
 
 
-class Finished(msgspec.Struct, tag=True, frozen=True):
+class Finished(msgspec.Struct, tag=True, frozen=True, gc=False):
     time: float
     request_id: str
     input_tokens: int
@@ -38,7 +40,7 @@ class Finished(msgspec.Struct, tag=True, frozen=True):
     retries: int = 0
 
 
-class WorkerChange(msgspec.Struct, tag=True, frozen=True):
+class WorkerChange(msgspec.Struct, tag=True, frozen=True, gc=False):
     time: float
     worker_id: str
     role: str

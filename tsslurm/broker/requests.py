@@ -22,7 +22,7 @@ UNFINISHED = frozenset({TOKENIZING, QUEUED, PREFILLING, AWAITING_DECODE, DECODIN
 ON_WORKER = frozenset({PREFILLING, DECODING, RUNNING})
 
 
-class RequestRecord(msgspec.Struct, frozen=True, kw_only=True):
+class RequestRecord(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     """One completed (or failed) request, as persisted (tsslurm/broker/store.py)."""
 
     request_id: str
@@ -143,12 +143,14 @@ class Request:
             stream_messages=self.messages)
 
 
-class Result(msgspec.Struct, frozen=True):
-    """A finished request kept for a while, for a client that re-submits it after a reconnect."""
+class Result(msgspec.Struct, frozen=True, gc=False):
+    """A finished request kept for a while, for a client that re-submits it after a reconnect.
+    Untracked by the garbage collector (tokens as a tuple of ints), so thousands of them cost no
+    collection pauses."""
 
     finished_at: float
     prompt_tokens: int
-    tokens: list[int]
+    tokens: tuple[int, ...]
     finish_reason: str | None = None
     error_code: str | None = None
     error: str | None = None

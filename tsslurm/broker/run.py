@@ -5,6 +5,7 @@ connection file, signals. `tsslurm broker` calls `serve`; `tsslurm up` (issue 7)
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 import os
 import signal
@@ -57,6 +58,7 @@ def serve(profile: Profile, state_root: Path, on_ready: Callable[[Connection], N
           **overrides: object) -> None:
     """Run until SIGTERM or SIGINT."""
     with open_broker(profile, state_root, **overrides) as broker:
+        gc.freeze()  # what start-up made lives as long as the broker: keep it out of collections
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, lambda *_: broker.request_stop())
         if on_ready is not None:

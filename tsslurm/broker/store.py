@@ -71,7 +71,7 @@ _INSERT_REQUEST = (f"INSERT INTO requests ({', '.join(_REQUEST_FIELDS)}) "
                    f"VALUES ({', '.join('?' for _ in _REQUEST_FIELDS)})")
 
 
-class JobRecord(msgspec.Struct, frozen=True, kw_only=True):
+class JobRecord(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     job_id: str
     role: str
     """Policy role: "prefill", "decode" or "convertible"."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
+from collections.abc import Iterable
 from typing import Any
 
 
@@ -15,6 +16,11 @@ class TimerHeap:
 
     def schedule(self, due: float, key: Any) -> None:
         heapq.heappush(self._heap, (due, next(self._sequence), key))
+
+    def rebuild(self, entries: Iterable[tuple[float, Any]]) -> None:
+        """Replace every timer with `entries` (due, key): drops the dead ones lazy deletion left."""
+        self._heap = [(due, next(self._sequence), key) for due, key in entries]
+        heapq.heapify(self._heap)
 
     def pop_due(self, now: float) -> list[Any]:
         due: list[Any] = []
