@@ -67,7 +67,8 @@ class Sampling(_Body, frozen=True):
 
 
 TokenId = Annotated[int, msgspec.Meta(ge=0, lt=1 << 31)]
-"""Checked while decoding (in C): a prompt with a negative or absurd id is a bad SUBMIT body."""
+"""Checked while decoding (in C): a prompt (or a worker's output) with a negative or absurd id is
+a bad body."""
 
 
 class GenerateRequest(_Body):
@@ -183,7 +184,7 @@ class Abort(_Body):
 
 class OutputItem(_Body):
     request_id: str
-    token_ids: list[int] = []
+    token_ids: list[TokenId] = []
     finish_reason: str | None = None
     kv_transfer_params: dict[str, Any] | None = None
     """Set on the finished output of a prefill: what the decoder needs to pull the KV."""

@@ -139,11 +139,12 @@ class BrokerCore(WorkerLifecycle):
             reply = ErrorReply(code=result.error_code, message=result.error or "",
                                request_id=message.request_id)
             return self.outbox.error(client, reply)
-        start = min(message.resume_from, len(result.tokens))
+        tokens = result.tokens
+        start = min(message.resume_from, len(tokens))
         self.outbox.stream(client, TokenDelta(
-            request_id=message.request_id, token_ids=list(result.tokens[start:]), offset=start,
+            request_id=message.request_id, token_ids=tokens[start:], offset=start,
             finish_reason=result.finish_reason, prompt_tokens=result.prompt_tokens,
-            completion_tokens=len(result.tokens)))
+            completion_tokens=len(tokens)))
 
     def _admit(self, request: Request, now: float) -> None:
         if len(self.prefill_queue) >= self.config.max_queued:
@@ -277,8 +278,7 @@ class BrokerCore(WorkerLifecycle):
         self.outbox.stream(request.client, TokenDelta(
             request_id=request.request_id, token_ids=tokens, offset=start, finish_reason=reason,
             prompt_tokens=len(request.prompt), completion_tokens=len(request.tokens)))
-        self._forget(request, now, Result(now, len(request.prompt), tuple(request.tokens), reason),
-                     "ok")
+        self._forget(request, now, Result.of(request, now, reason), "ok")
 
     def _fail(self, request: Request, now: float, code: str, message: str) -> None:
         if request.worker is not None:
@@ -289,8 +289,7 @@ class BrokerCore(WorkerLifecycle):
         self.counters[f"failed_{code}"] += 1
         self.outbox.error(request.client, ErrorReply(code=code, message=message,
                                                      request_id=request.request_id))
-        self._forget(request, now, Result(now, len(request.prompt), tuple(request.tokens), None,
-                                          code, message), code, message)
+        self._forget(request, now, Result.of(request, now, None, code, message), code, message)
 
     def _forget(self, request: Request, now: float, result: Result, outcome: str,
                 error: str | None = None) -> None:

@@ -9,6 +9,7 @@ States: tokenizing -> queued -> prefilling -> awaiting_decode -> decoding -> don
 
 from __future__ import annotations
 
+from array import array
 from collections import OrderedDict
 from typing import Any
 
@@ -145,15 +146,25 @@ class Request:
 
 class Result(msgspec.Struct, frozen=True, gc=False):
     """A finished request kept for a while, for a client that re-submits it after a reconnect.
-    Untracked by the garbage collector (tokens as a tuple of ints), so thousands of them cost no
-    collection pauses."""
+    Its tokens are packed (4 bytes each; ids are < 2**31 by the protocol) and it is untracked by
+    the garbage collector: tens of thousands of them cost little memory and no collection pauses."""
 
     finished_at: float
     prompt_tokens: int
-    tokens: tuple[int, ...]
+    packed_tokens: bytes
     finish_reason: str | None = None
     error_code: str | None = None
     error: str | None = None
+
+    @classmethod
+    def of(cls, request: Request, now: float, finish_reason: str | None = None,
+           error_code: str | None = None, error: str | None = None) -> Result:
+        return cls(now, len(request.prompt), array("I", request.tokens).tobytes(), finish_reason,
+                   error_code, error)
+
+    @property
+    def tokens(self) -> list[int]:
+        return array("I", self.packed_tokens).tolist()
 
 
 class RecentResults:
