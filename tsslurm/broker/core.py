@@ -46,7 +46,8 @@ class BrokerCore(WorkerLifecycle):
     def __init__(self, config: BrokerConfig, outbox: Outbox, *, events: EventHub | None = None,
                  record: Callable[[RequestRecord], None] | None = None,
                  job: Callable[[JobRecord], None] | None = None,
-                 tokenize: Callable[[str, str], None] | None = None):
+                 tokenize: Callable[[str, str], None] | None = None,
+                 warn: Callable[..., None] | None = None):
         self.config = config
         self.limits = Limits(config.model, config.max_context_tokens)
         self.outbox = outbox
@@ -64,6 +65,8 @@ class BrokerCore(WorkerLifecycle):
         self._record = record or (lambda record: None)
         self._job = job or (lambda job: None)
         self._tokenize = tokenize
+        self._warn = warn or (lambda key, message, *args: None)
+        """(kind, message, *args): a rate-limited log line for bad input."""
 
     # ---- clients ------------------------------------------------------------------------------
 
@@ -115,6 +118,7 @@ class BrokerCore(WorkerLifecycle):
 
     def reject(self, client: bytes, request_id: str | None, code: str, message: str) -> None:
         self.counters[f"rejected_{code}"] += 1
+        self._warn(f"rejected-{code}", "refused request %s (%s): %s", request_id, code, message)
         self.outbox.error(client, ErrorReply(code=code, message=message, request_id=request_id))
 
     def _attach(self, client: bytes, message: GenerateRequest, request: Request) -> None:
@@ -287,6 +291,9 @@ class BrokerCore(WorkerLifecycle):
         self._release(request)
         request.state = FAILED
         self.counters[f"failed_{code}"] += 1
+        if code != "cancelled":
+            self._warn(f"failed-{code}", "request %s failed (%s): %s", request.request_id, code,
+                       message)
         self.outbox.error(request.client, ErrorReply(code=code, message=message,
                                                      request_id=request.request_id))
         self._forget(request, now, Result.of(request, now, None, code, message), code, message)

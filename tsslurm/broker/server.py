@@ -51,11 +51,12 @@ class Broker:
         self.outbox = BatchingOutbox(self.frontend, self.backend)
         self.store = store
         self.tokenizer_pool = TokenizerPool(self.context, tokenizer) if tokenizer else None
+        self.warn = RateLimitedLog(log)
         self.core = BrokerCore(
             config, self.outbox, events=events,
             record=store.put_request if store else None, job=store.put_job if store else None,
-            tokenize=self.tokenizer_pool.submit if self.tokenizer_pool else None)
-        self.warn = RateLimitedLog(log)
+            tokenize=self.tokenizer_pool.submit if self.tokenizer_pool else None,
+            warn=self.warn.warning)
         self._timers = TimerHeap()
         self._periodic: dict[str, tuple[float, Callable[[float], None]]] = {}
         self._stopping = threading.Event()
@@ -203,7 +204,6 @@ class Broker:
         try:
             command, body = decode(frames[1:], max_bytes=self.config.max_message_bytes)
         except ProtocolError as error:
-            self.warn.warning("client-protocol", "refused a client message: %s", error)
             code = "bad_request" if error.command is Command.SUBMIT else "protocol"
             return self.core.reject(identity, None, code, str(error))
         if command is Command.SUBMIT:
@@ -213,7 +213,6 @@ class Broker:
         elif command is Command.PING:
             self.outbox.to_client(identity, Command.PONG, Ping(nonce=body.nonce))
         else:
-            self.warn.warning("client-command", "a client sent %s", command.name)
             self.core.reject(identity, None, "protocol", f"{command.name} is not a client command")
 
     def _on_worker(self, frames: list[bytes], now: float) -> None:
