@@ -384,17 +384,27 @@ class AsyncClient(_Base):
             self._reader = asyncio.create_task(self._read(self._sock))
 
     async def _read(self, sock: zmq.asyncio.Socket) -> None:
+        """Wait for a message, then take every other one already there without waiting."""
+        ready = zmq.Socket.shadow(sock.underlying)
         while True:
-            frames = await sock.recv_multipart()
-            if len(frames) == 3 and frames[1] == Command.PONG.value:
-                if self._pong is not None and not self._pong.done():
-                    self._pong.set_result(None)
-                continue
-            for call in self._dispatch(frames):
-                if call.changed is not None:
-                    call.changed.set()
-                if call.finished and call.done is not None and not call.done.done():
-                    call.done.set_result(None)
+            self._take(await sock.recv_multipart())
+            while True:
+                try:
+                    frames = ready.recv_multipart(zmq.NOBLOCK)
+                except zmq.Again:
+                    break
+                self._take(frames)
+
+    def _take(self, frames: list[bytes]) -> None:
+        if len(frames) == 3 and frames[1] == Command.PONG.value:
+            if self._pong is not None and not self._pong.done():
+                self._pong.set_result(None)
+            return
+        for call in self._dispatch(frames):
+            if call.changed is not None:
+                call.changed.set()
+            if call.finished and call.done is not None and not call.done.done():
+                call.done.set_result(None)
 
     async def _alive(self) -> bool:
         """Ping the broker (one ping shared by every request that wonders at the same time)."""
