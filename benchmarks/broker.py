@@ -13,7 +13,8 @@ Workload: the Azure conversation trace's input and output lengths (../shared/tra
    decode iteration; tokens and messages counted at the client.
 4. added latency at a fixed offered load of 500 requests/s (Poisson arrivals, 1 output token):
    end-to-end latency through the broker (client -> broker -> decoder -> broker -> client) minus
-   the same work sent to the same kind of worker directly (this script playing the broker).
+   the same work sent to the same kind of worker directly (this script playing the broker);
+   repeated (--latency-runs), the median run reported next to every run's figure.
 The mock engines run with near-zero model time (profile below), so the figures are the serving
 path's own cost. Prints a table (and, with --markdown, the docs/benchmarks.md section)."""
 
@@ -22,6 +23,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import csv
+import gc
 import json
 import os
 import random
@@ -30,8 +32,8 @@ import subprocess
 import sys
 import tempfile
 import time
-from contextlib import contextmanager
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import zmq
@@ -40,8 +42,16 @@ import zmq.asyncio
 from tsslurm.client import AsyncClient
 from tsslurm.perfmodel import roofline_decode_grid
 from tsslurm.profile.schema import DecodeStep, LengthBuckets
-from tsslurm.protocol import (PROTOCOL_VERSION, BrokerBeat, Command, OutputBatch, WorkBatch,
-                              WorkItem, decode, encode)
+from tsslurm.protocol import (
+    PROTOCOL_VERSION,
+    BrokerBeat,
+    Command,
+    OutputBatch,
+    WorkBatch,
+    WorkItem,
+    decode,
+    encode,
+)
 from tsslurm.statedir import Connection, StateDir
 
 REPO = Path(__file__).resolve().parents[1]
@@ -258,14 +268,15 @@ async def open_loop_broker(state: Path, prompts: list[list[int]], rate: float,
         result = await client.generate(prompt, 1)
         latencies.append(result.latency_s)
 
-    tasks = []
-    start = time.perf_counter()
-    due = start
+    running: set[asyncio.Task[None]] = set()
+    due = time.perf_counter()
     for index in range(int(rate * seconds)):
         due += rng.expovariate(rate)
         await asyncio.sleep(max(0.0, due - time.perf_counter()))
-        tasks.append(asyncio.create_task(one(prompts[index % len(prompts)])))
-    await asyncio.gather(*tasks)
+        task = asyncio.create_task(one(prompts[index % len(prompts)]))
+        running.add(task)
+        task.add_done_callback(running.discard)
+    await asyncio.gather(*running)
     await client.close()
     return latencies
 
@@ -347,54 +358,65 @@ async def _direct_load(router: zmq.asyncio.Socket, identity: bytes, prompts: lis
 
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(q / 100 * (len(ordered) - 1))))]
+    return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
 
 
 # ---- main ---------------------------------------------------------------------------------------
 
 def run(args: argparse.Namespace) -> dict[str, dict[str, float]]:
     trace = load_trace(args.trace)
-    rng = random.Random(3)
-    rng.shuffle(trace)
+    random.Random(3).shuffle(trace)
     prompts = Prompts()
     routing_jobs = [(prompts.of(i, n), 1) for n, (i, _) in enumerate(trace[:5000])]
     token_jobs = [(prompts.of(i, n), o) for n, (i, o) in enumerate(trace[:5000])]
-    figures: dict[str, dict[str, float]] = {}
+    figures: dict[str, dict[str, float]] = {"machine": {"load_at_start": os.getloadavg()[0],
+                                                        "cores": float(os.cpu_count() or 0)}}
+    gc.freeze()  # the harness's own start-up garbage stays out of its measurements
     if "raw" in args.phases:
         figures["raw_zeromq"] = raw_zeromq(args.seconds / 2)
     with tempfile.TemporaryDirectory(prefix="tsslurm-bench-") as tmp:
         root = Path(tmp)
-        disaggregated = [("p1", "prefill"), ("d1", "decode"), ("d2", "decode")]
         for phase, jobs in (("requests", routing_jobs), ("tokens", token_jobs)):
-            if phase not in args.phases:
-                continue
-            with deployment(root / phase, disaggregated) as (state, processes):
-                before = processes.cpu_seconds() | {"client": time.process_time()}
-                figures[phase] = asyncio.run(
-                    closed_loop(state, jobs, args.concurrency, args.seconds))
-                after = processes.cpu_seconds() | {"client": time.process_time()}
-            seconds = figures[phase]["seconds"]
-            figures[phase] |= _broker_rates(processes, seconds)
-            figures[phase] |= {f"cpu_{name}": (after[name] - before[name]) / seconds
-                               for name in after}
-        if "latency" not in args.phases:
-            return figures
-        latency_prompts = [prompt for prompt, _ in routing_jobs]
-        with deployment(root / "latency", [("d1", "decode")]) as (state, _):
-            through = asyncio.run(open_loop_broker(state, latency_prompts, args.rate,
-                                                   args.seconds))
-        direct = asyncio.run(open_loop_direct(root / "direct", latency_prompts, args.rate,
-                                              args.seconds))
-    figures["latency"] = {
-        "offered_per_s": args.rate,
-        "through_broker_p50_ms": percentile(through, 50) * 1e3,
-        "through_broker_p99_ms": percentile(through, 99) * 1e3,
-        "direct_p50_ms": percentile(direct, 50) * 1e3,
-        "direct_p99_ms": percentile(direct, 99) * 1e3}
-    latency = figures["latency"]
-    latency["added_p50_ms"] = latency["through_broker_p50_ms"] - latency["direct_p50_ms"]
-    latency["added_p99_ms"] = latency["through_broker_p99_ms"] - latency["direct_p99_ms"]
+            if phase in args.phases:
+                figures[phase] = closed_loop_phase(root / phase, jobs, args)
+        if "latency" in args.phases:
+            figures["latency"] = latency_phase(root, [p for p, _ in routing_jobs], args)
+    figures["machine"]["load_at_end"] = os.getloadavg()[0]
     return figures
+
+
+def closed_loop_phase(root: Path, jobs: list[tuple[list[int], int]],
+                      args: argparse.Namespace) -> dict[str, float]:
+    workers = [("p1", "prefill"), ("d1", "decode"), ("d2", "decode")]
+    with deployment(root, workers) as (state, processes):
+        before = processes.cpu_seconds() | {"client": time.process_time()}
+        figures = asyncio.run(closed_loop(state, jobs, args.concurrency, args.seconds))
+        after = processes.cpu_seconds() | {"client": time.process_time()}
+    seconds = figures["seconds"]
+    figures |= _broker_rates(processes, seconds)
+    return figures | {f"cpu_{name}": (after[name] - before[name]) / seconds for name in after}
+
+
+def latency_phase(root: Path, prompts: list[list[int]], args: argparse.Namespace
+                  ) -> dict[str, float]:
+    """`--latency-runs` runs, each through the broker then direct; the median run reported."""
+    runs = []
+    for index in range(args.latency_runs):
+        with deployment(root / f"latency{index}", [("d1", "decode")]) as (state, _):
+            through = asyncio.run(open_loop_broker(state, prompts, args.rate, args.seconds))
+        direct = asyncio.run(open_loop_direct(root / f"direct{index}", prompts, args.rate,
+                                              args.seconds))
+        runs.append({"through_broker_p50_ms": percentile(through, 50) * 1e3,
+                     "through_broker_p99_ms": percentile(through, 99) * 1e3,
+                     "direct_p50_ms": percentile(direct, 50) * 1e3,
+                     "direct_p99_ms": percentile(direct, 99) * 1e3,
+                     "requests": float(len(through))})
+        runs[-1]["added_p50_ms"] = runs[-1]["through_broker_p50_ms"] - runs[-1]["direct_p50_ms"]
+        runs[-1]["added_p99_ms"] = runs[-1]["through_broker_p99_ms"] - runs[-1]["direct_p99_ms"]
+    runs.sort(key=lambda run: run["added_p99_ms"])
+    median = dict(runs[len(runs) // 2])
+    median |= {f"run{i}_added_p99_ms": run["added_p99_ms"] for i, run in enumerate(runs)}
+    return median | {"offered_per_s": args.rate, "runs": float(len(runs))}
 
 
 def _broker_rates(processes: Processes, seconds: float) -> dict[str, float]:
@@ -405,6 +427,8 @@ def _broker_rates(processes: Processes, seconds: float) -> dict[str, float]:
 
 def report(figures: dict[str, dict[str, float]]) -> str:
     raw, req, tok, lat = (figures[k] for k in ("raw_zeromq", "requests", "tokens", "latency"))
+    machine = figures["machine"]
+    added_runs = " ".join(f"{lat[f'run{i}_added_p99_ms']:.2f}" for i in range(int(lat["runs"])))
     rows = [
         ("raw ZeroMQ round trips/s (1 in flight / 64 in flight)",
          f"{raw['round_trips_per_s']:,.0f} / {raw['pipelined_round_trips_per_s']:,.0f}"),
@@ -419,17 +443,24 @@ def report(figures: dict[str, dict[str, float]]) -> str:
         ("broker CPU (share of one core): requests / tokens phase",
          f"{req['cpu_broker']:.0%} / {tok['cpu_broker']:.0%}"),
         ("CPU of the rest: client, prefiller, decoders (requests / tokens phase)",
-         f"{req['cpu_client']:.0%} {req['cpu_p1']:.0%} {req['cpu_d1'] + req['cpu_d2']:.0%} / "
-         f"{tok['cpu_client']:.0%} {tok['cpu_p1']:.0%} {tok['cpu_d1'] + tok['cpu_d2']:.0%}"),
+         _cpu_shares(req) + " / " + _cpu_shares(tok)),
         (f"latency at {lat['offered_per_s']:.0f} req/s through the broker p50 / p99",
          f"{lat['through_broker_p50_ms']:.2f} / {lat['through_broker_p99_ms']:.2f} ms"),
         ("  same work sent to the worker directly p50 / p99",
          f"{lat['direct_p50_ms']:.2f} / {lat['direct_p99_ms']:.2f} ms"),
-        ("  broker's added latency p50 / p99",
+        ("  broker's added latency p50 / p99 (median run)",
          f"{lat['added_p50_ms']:.2f} / {lat['added_p99_ms']:.2f} ms"),
+        ("  broker's added p99 in each run", f"{added_runs} ms"),
+        ("machine: cores, load average at start / end",
+         f"{machine['cores']:.0f}, {machine['load_at_start']:.1f} / {machine['load_at_end']:.1f}"),
     ]
     width = max(len(name) for name, _ in rows)
     return "\n".join(f"| {name:<{width}} | {value} |" for name, value in rows)
+
+
+def _cpu_shares(phase: dict[str, float]) -> str:
+    return (f"{phase['cpu_client']:.0%} {phase['cpu_p1']:.0%} "
+            f"{phase['cpu_d1'] + phase['cpu_d2']:.0%}")
 
 
 def main() -> None:
@@ -437,6 +468,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=10.0, help="length of each phase")
     parser.add_argument("--concurrency", type=int, default=256, help="closed-loop streams")
     parser.add_argument("--rate", type=float, default=500.0, help="offered load, requests/s")
+    parser.add_argument("--latency-runs", type=int, default=3, help="repetitions of phase 4")
     parser.add_argument("--trace", type=Path, default=TRACE)
     parser.add_argument("--json", action="store_true", help="print the figures as JSON too")
     parser.add_argument("--phases", nargs="+", default=["raw", "requests", "tokens", "latency"],
