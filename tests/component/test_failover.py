@@ -5,8 +5,11 @@ tokens an uninterrupted run gives, and the broker's records say what happened.""
 from __future__ import annotations
 
 import asyncio
+import os
 import random
 import signal
+import subprocess
+import sys
 
 import pytest
 
@@ -109,3 +112,40 @@ def test_workers_and_clients_survive_a_broker_restart(deployment) -> None:
     d.wait_for_log("worker d1 ready", count=2)
     d.wait_for_log("worker p1 ready", count=2)
     assert "aborting" in d.log("d1"), "the decoder dropped the requests the old broker gave it"
+
+
+def test_a_fatal_engine_error_is_reported_and_its_requests_continue(deployment) -> None:
+    d = deployment()
+    d.start_broker()
+    d.start_worker("d1", "decode", TSSLURM_MOCK_FAIL_AFTER_S="1.5")
+    d.start_worker("d2", "decode")
+    jobs = _jobs(20, seed=5, max_tokens=200)
+    results = asyncio.run(_serve_while(d, jobs, lambda: None, 1))
+    _assert_exact(jobs, results)
+    assert d.exit_code("d1") == 1
+    d.wait_for_log("worker d1 lost: engine error")
+    assert "injected failure" in d.log("d1")
+    records = d.records(20)
+    failed_over = [r for r in records if r.workers.startswith("d1")]
+    assert failed_over and all(r.retries == 1 and r.workers.endswith("d2") for r in failed_over)
+
+
+@pytest.mark.parametrize(("env", "message"), [
+    ({}, "TSSLURM_ROLE"),
+    ({"TSSLURM_ROLE": "chef"}, "TSSLURM_ROLE='chef'"),
+    ({"TSSLURM_ROLE": "decode"}, "TSSLURM_PROFILE is not set"),
+    ({"TSSLURM_ROLE": "decode", "TSSLURM_PROFILE": "no-such-profile"}, "cannot read"),
+    ({"TSSLURM_ROLE": "decode", "TSSLURM_PROFILE": "local-mock", "TSSLURM_PARTITION": "x"},
+     "TSSLURM_PARTITION='x' is not in the profile (a100)"),
+    ({"TSSLURM_ROLE": "decode", "TSSLURM_PROFILE": "local-mock", "TSSLURM_STATE_DIR": "/nowhere"},
+     "no deployment state directory at /nowhere"),
+    ({"TSSLURM_ROLE": "decode", "TSSLURM_PROFILE": "local-mock",
+      "TSSLURM_BROKER_ADDRESS": "localhost:5"}, "expected tcp://host:port"),
+])
+def test_a_launcher_without_a_usable_environment_says_why(env: dict[str, str],
+                                                          message: str) -> None:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("TSSLURM_")}
+    done = subprocess.run([sys.executable, "-m", "tsslurm.launcher"], env={**clean, **env},
+                          capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 2
+    assert message in done.stderr and "Traceback" not in done.stderr

@@ -33,7 +33,7 @@ def create_engine(profile: Profile, partition: Partition, settings: LauncherSett
                           velocities=partition.velocities,
                           prefill_cap_tokens=profile.engine.convertible_prefill_cap_tokens,
                           max_batched_tokens=profile.engine.max_num_batched_tokens
-                          or DEFAULT_MAX_BATCHED_TOKENS)
+                          or DEFAULT_MAX_BATCHED_TOKENS, fail_after_s=settings.mock_fail_after_s)
     from tsslurm.launcher.engines.vllm import VllmEngine
 
     return VllmEngine(profile, state_dir)

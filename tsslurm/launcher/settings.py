@@ -11,6 +11,8 @@ Variables (the contract with tsslurm/slurm's sbatch rendering):
                            connection file's address (keys still come from the state dir)
   TSSLURM_WORKER_ID        default: <role>-<SLURM_JOB_ID>, or <role>-<host>-<pid> outside Slurm
   TSSLURM_LOG_LEVEL        default INFO
+  TSSLURM_MOCK_FAIL_AFTER_S  mock engine only: die that many seconds after starting (tests of
+                           fatal engine errors)
   SLURM_JOB_ID, SLURMD_NODENAME   set by Slurm: the job id and node reported in READY"""
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ class LauncherSettings(msgspec.Struct, frozen=True, kw_only=True):
     job_id: str | None = None
     node: str = ""
     log_level: str = "INFO"
+    mock_fail_after_s: float | None = None
 
 
 def settings_from_env(env: Mapping[str, str] = os.environ) -> LauncherSettings:
@@ -57,6 +60,11 @@ def settings_from_env(env: Mapping[str, str] = os.environ) -> LauncherSettings:
     if address is not None and not address.startswith("tcp://"):
         raise SettingsError(f"TSSLURM_BROKER_ADDRESS={address!r}: expected tcp://host:port")
     job_id = env.get("SLURM_JOB_ID") or None
+    fail_after = env.get("TSSLURM_MOCK_FAIL_AFTER_S") or None
+    try:
+        mock_fail_after_s = float(fail_after) if fail_after is not None else None
+    except ValueError:
+        raise SettingsError(f"TSSLURM_MOCK_FAIL_AFTER_S={fail_after!r}: expected seconds") from None
     node = env.get("SLURMD_NODENAME") or socket.gethostname()
     default_id = f"{ROLES[role]}-{job_id}" if job_id else f"{ROLES[role]}-{node}-{os.getpid()}"
     return LauncherSettings(
@@ -64,7 +72,7 @@ def settings_from_env(env: Mapping[str, str] = os.environ) -> LauncherSettings:
         state_dir=env.get("TSSLURM_STATE_DIR") or None,
         connection_file=env.get("TSSLURM_CONNECTION_FILE") or None, broker_address=address,
         worker_id=env.get("TSSLURM_WORKER_ID") or default_id, job_id=job_id, node=node,
-        log_level=env.get("TSSLURM_LOG_LEVEL", "INFO").upper())
+        log_level=env.get("TSSLURM_LOG_LEVEL", "INFO").upper(), mock_fail_after_s=mock_fail_after_s)
 
 
 def connection_file(settings: LauncherSettings, state_dir: Path) -> Path:

@@ -103,8 +103,11 @@ class _Sequence:
 class MockEngine:
     def __init__(self, *, worker_id: str, role: str, velocities: Velocities,
                  kv_capacity_tokens: int | None = None, prefill_cap_tokens: int = 2048,
-                 max_batched_tokens: int = 8192, clock: Callable[[], float] = time.monotonic,
+                 max_batched_tokens: int = 8192, fail_after_s: float | None = None,
+                 clock: Callable[[], float] = time.monotonic,
                  sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep):
+        """`fail_after_s`: die (EngineError) at the first iteration after that many seconds of
+        serving, as a GPU fails: how tests and benchmarks exercise fatal engine errors."""
         self.worker_id = worker_id
         self.role = role
         self.velocities = velocities
@@ -124,8 +127,12 @@ class MockEngine:
         self._task: asyncio.Task[None] | None = None
         self._rates = [0.0, 0.0]
         self.iterations = 0
+        self._fail_after_s = fail_after_s
+        self._fail_at = float("inf")
 
     async def start(self) -> EngineInfo:
+        if self._fail_after_s is not None:
+            self._fail_at = self._clock() + self._fail_after_s
         self._wake = asyncio.Event()
         self._task = asyncio.create_task(self._run(), name=f"mock-engine-{self.worker_id}")
         return EngineInfo(engine="mock", version=__version__,
@@ -195,6 +202,8 @@ class MockEngine:
                 self._wake.clear()
                 await self._wake.wait()
             start = self._clock()
+            if start >= self._fail_at:
+                raise EngineError(f"injected failure after {self._fail_after_s} s of serving")
             self._finish_transfers(start)
             decoding = list(self._running.values())
             prefilling = self._admit(start)

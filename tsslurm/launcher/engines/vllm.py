@@ -1,4 +1,5 @@
-"""The real engine behind the launcher: an in-process vLLM `AsyncLLM` built from the profile.
+"""The real engine behind the launcher: a vLLM `AsyncLLM` built from the profile, in the launcher's
+process (its engine core, with the model, in one child process).
 
 It owns the translation between tsslurm's WorkItems and vLLM requests (token ids in, token-id
 deltas out, `kv_transfer_params` in and out), the KV connector configuration (NixlConnector, or
@@ -10,7 +11,8 @@ decides what it does. "prefill" asks for remote decode and returns no tokens (th
 generates the first token itself from the pulled KV); "decode" pulls the KV its params name;
 "full" prefills and decodes locally, which is what a convertible decoder does with a burst.
 
-Only APIs the CPU and CUDA builds of vLLM share are used; vllm is imported inside `start`."""
+Only APIs the CPU and CUDA builds of vLLM share are used; vllm is imported only when an engine
+starts."""
 
 from __future__ import annotations
 
@@ -28,7 +30,12 @@ from typing import Any
 
 from tsslurm.launcher.engines.base import EngineError, EngineInfo
 from tsslurm.launcher.engines.vllm_process import (
-    child_pids, environment, exit_status, pin_process, reap)
+    child_pids,
+    environment,
+    exit_status,
+    pin_process,
+    reap,
+)
 from tsslurm.launcher.engines.vllm_stats import EngineCounters, StatsCollector
 from tsslurm.profile.schema import Profile
 from tsslurm.protocol import OutputItem, Sampling, WorkerStats, WorkItem
@@ -133,7 +140,7 @@ class VllmEngine:
                     yield _to_output_item(item, output, self._connector)
         except (asyncio.CancelledError, GeneratorExit, EngineError):
             raise
-        except Exception as error:
+        except Exception as error:  # noqa: BLE001 (vLLM rejects requests with many error types)
             self._raise_if_dead(error)
             yield OutputItem(request_id=item.request_id, finish_reason="abort",
                              error=f"vLLM rejected the request: {_describe(error)}")
