@@ -31,9 +31,10 @@ def test_a_request_moves_from_prefill_to_decode_to_done() -> None:
     load = b.snapshot(2.3).load
     assert (load.prefill_in_flight, load.prefill_queued_tokens, load.decode_running) == (1, 500, 1)
     assert load.ttft_p90_ms == pytest.approx(1200.0)
+    assert load.decode_kv_demand_tokens == 2000 + 256  # input + the prior's predicted output
     assert b.finished(12.2, "r1", 101)
     load = b.snapshot(13.0).load
-    assert load.decode_running == 0
+    assert (load.decode_running, load.decode_kv_demand_tokens) == (0, 0)
     assert load.tpot_p90_ms == pytest.approx(100.0)
     assert b.dropped(13.0, "r2")
     assert b.snapshot(13.0).load.prefill_in_flight == 0

@@ -13,6 +13,7 @@ from tsslurm.errors import UserError
 from tsslurm.policy.registry import validate_policy_config
 from tsslurm.policy.runner import PolicyRunner, parse_policy_ref
 from tsslurm.policy.snapshot import Decision, Submit
+from tsslurm.policy.tokenscale import TokenScaleParams
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -75,6 +76,9 @@ def test_a_policy_that_returns_no_decision_is_reported() -> None:
 
 def test_the_hold_follows_the_partitions_start_up_unless_fixed() -> None:
     snap = snapshot()
-    assert PolicyRunner("tokenscale").hold_s(snap)["prefill"] == pytest.approx(120.0)
-    assert PolicyRunner("tokenscale", {"hold_factor": 2}).hold_s(snap)["decode"] == pytest.approx(240.0)
+    startup = snap.partitions[0].startup_s
+    default = TokenScaleParams().hold_factor
+    assert PolicyRunner("tokenscale").hold_s(snap)["prefill"] == pytest.approx(default * startup)
+    assert PolicyRunner("tokenscale", {"hold_factor": 3}).hold_s(snap)["decode"] == \
+        pytest.approx(3 * startup)
     assert PolicyRunner("aibrix").hold_s(snap)["decode"] == 300.0

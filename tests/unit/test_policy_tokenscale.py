@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 
+import msgspec
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -37,17 +38,35 @@ def test_kv_in_use_sets_a_floor_under_decoders() -> None:
     assert _totals(decision.targets)["decode"] == math.ceil(400_000 / (0.9 * 160_000))
 
 
-def test_a_burst_preallocates_convertibles_and_remembers_it() -> None:
+def test_a_burst_fills_convertibles_then_prefillers_and_is_remembered() -> None:
     params = TokenScaleParams()
-    burst = decide(snapshot(1000.0, token_rates=rates(20_000.0, short=3.0)), params, {})
-    planned = 3 * params.prefill_utilisation * V_P
-    per_convertible = params.convertible_prefill_share * V_P
-    expected = math.ceil((3.0 * 20_000.0 - planned) / per_convertible)
-    assert _totals(burst.targets)["convertible"] == expected
-    later = decide(snapshot(1000.0 + params.burst_half_life_s, token_rates=rates(20_000.0)),
-                   params, burst.state)
-    assert later.state["burst_ratio"] == pytest.approx(2.0)
-    assert _totals(later.targets)["convertible"] == math.ceil((2 * 20_000.0 - planned) / per_convertible)
+    burst = _totals(decide(snapshot(1000.0, token_rates=rates(20_000.0, 60_000.0, short=3.0)),
+                           params, {}).targets)
+    base_p = math.ceil(20_000 / (params.prefill_utilisation * V_P))
+    decoding = math.ceil(80_000 / (params.decode_utilisation * V_D_11))
+    excess = 3.0 * 20_000 - base_p * V_P
+    convertible = min(decoding - 1, math.ceil(excess / (params.convertible_prefill_share * V_P)))
+    extra = math.ceil((excess - convertible * params.convertible_prefill_share * V_P) / V_P)
+    assert burst == {"prefill": base_p + extra, "decode": decoding - convertible,
+                     "convertible": convertible}
+
+
+def test_the_burst_ratio_is_remembered_for_its_memory_only() -> None:
+    params = TokenScaleParams()
+    first = decide(snapshot(1000.0, token_rates=rates(20_000.0, 60_000.0, short=3.0)), params, {})
+    calm = rates(20_000.0, 60_000.0)
+    soon = decide(snapshot(1000.0 + params.burst_memory_s / 2, token_rates=calm), params,
+                  first.state)
+    late = decide(snapshot(1000.0 + 2 * params.burst_memory_s, token_rates=calm), params,
+                  soon.state)
+    assert _totals(soon.targets) == _totals(first.targets)
+    assert _totals(late.targets)["convertible"] == 0
+
+
+def test_at_the_decode_minimum_a_burst_adds_prefillers() -> None:
+    decision = decide(snapshot(token_rates=rates(12_000.0, short=5.0)), TokenScaleParams(), {})
+    totals = _totals(decision.targets)
+    assert totals == {"prefill": math.ceil(5 * 12_000 / V_P), "decode": 1, "convertible": 0}
 
 
 def test_convertibles_count_towards_decode() -> None:
@@ -56,7 +75,32 @@ def test_convertibles_count_towards_decode() -> None:
     burst = _totals(decide(snapshot(token_rates=rates(20_000.0, 60_000.0, short=2.0)),
                            params, {}).targets)
     assert burst["convertible"] > 0
-    assert burst["decode"] + burst["convertible"] == max(calm["decode"], burst["convertible"])
+    assert burst["decode"] + burst["convertible"] == calm["decode"]
+
+
+def test_a_rising_rate_is_met_one_start_up_ahead() -> None:
+    params = TokenScaleParams()
+    flat = rates(40_000.0)
+    rising = [flat[0], msgspec.structs.replace(flat[1], input_tokens_per_s=60_000.0), flat[2]]
+    base = _totals(decide(snapshot(token_rates=flat), params, {}).targets)["prefill"]
+    ahead = _totals(decide(snapshot(token_rates=rising), params, {}).targets)["prefill"]
+    slope = (60_000.0 - 40_000.0) / 120.0
+    expected = 60_000.0 + slope * (120.0 + 30.0)
+    assert ahead == math.ceil(expected / (params.prefill_utilisation * V_P)) > base
+
+
+def test_backlogs_add_capacity_to_clear_them() -> None:
+    params = TokenScaleParams()
+    calm = _totals(decide(snapshot(token_rates=rates(20_000.0, 4_000.0)), params, {}).targets)
+    load = LoadView(prefill_queued_tokens=600_000, decode_kv_demand_tokens=900_000,
+                    decode_kv_used_tokens=100_000)
+    backed = _totals(decide(snapshot(token_rates=rates(20_000.0, 4_000.0), load=load), params,
+                            {}).targets)
+    assert backed["prefill"] == math.ceil((20_000 + 600_000 / params.backlog_clear_s)
+                                          / (params.prefill_utilisation * V_P))
+    decode_rate = 24_000 / (params.decode_utilisation * V_D_11)
+    factor = 1 + 800_000 / (params.backlog_clear_s * 24_000)
+    assert backed["decode"] + backed["convertible"] == math.ceil(decode_rate * factor) > calm["decode"]
 
 
 def test_a_lull_releases_capacity_only_after_the_hold() -> None:
@@ -67,7 +111,9 @@ def test_a_lull_releases_capacity_only_after_the_hold() -> None:
     quiet = rates(0.0)
     held = runner.step(snapshot(60.0, counts=busy, token_rates=quiet))
     assert held.actions == [] and _totals(held.decision.targets)["prefill"] == 3
-    released = runner.step(snapshot(200.0, counts=busy, token_rates=quiet))
+    hold = TokenScaleParams().hold_factor * snapshot().partitions[0].startup_s
+    assert runner.step(snapshot(hold - 1.0, counts=busy, token_rates=quiet)).actions == []
+    released = runner.step(snapshot(hold + 1.0, counts=busy, token_rates=quiet))
     drained = [a for a in released.actions if isinstance(a, Drain)]
     assert len(drained) == 3  # 3 -> 1 prefill, 2 -> 1 decode: drained, never cancelled
     assert not any(isinstance(a, Cancel) for a in released.actions)

@@ -31,11 +31,14 @@ QUEUE_WAIT_ALPHA = 0.3
 
 
 class _Request:
-    __slots__ = ("input_tokens", "arrived_at", "on_convertible", "in_prefill", "first_token_at")
+    __slots__ = ("input_tokens", "arrived_at", "kv_tokens", "on_convertible", "in_prefill",
+                 "first_token_at")
 
-    def __init__(self, input_tokens: int, arrived_at: float):
+    def __init__(self, input_tokens: int, arrived_at: float, kv_tokens: float):
         self.input_tokens = input_tokens
         self.arrived_at = arrived_at
+        self.kv_tokens = kv_tokens
+        """Input + predicted output tokens: its KV on a decoder."""
         self.on_convertible = False
         self.in_prefill = True
         self.first_token_at: float | None = None
@@ -97,6 +100,7 @@ class SnapshotBuilder:
         self._prefill_requests = 0
         self._convertible_tokens = 0
         self._decode_running = 0
+        self._decode_kv_tokens = 0.0
         self._stale = False
 
     @classmethod
@@ -115,7 +119,7 @@ class SnapshotBuilder:
         forecast = self.predictor.predict(input_tokens)
         input_bucket = bucket_of(input_tokens, self.buckets.input_edges)
         self.estimator.add(now, input_tokens, input_bucket, forecast.spread(input_tokens))
-        self._requests[request_id] = _Request(input_tokens, now)
+        self._requests[request_id] = _Request(input_tokens, now, input_tokens + forecast.mean)
         self._prefill_tokens += input_tokens
         self._prefill_requests += 1
         return forecast
@@ -135,6 +139,7 @@ class SnapshotBuilder:
             return False
         self._leave_prefill(request)
         self._decode_running += 1
+        self._decode_kv_tokens += request.kv_tokens
         return True
 
     def first_token(self, now: float, request_id: str) -> bool:
@@ -177,6 +182,9 @@ class SnapshotBuilder:
             self._leave_prefill(request)
         else:
             self._decode_running -= 1
+            self._decode_kv_tokens -= request.kv_tokens
+            if not self._decode_running:
+                self._decode_kv_tokens = 0.0
 
     # ---- jobs and workers -------------------------------------------------------------------
 
@@ -284,6 +292,7 @@ class SnapshotBuilder:
             decode_running=self._decode_running,
             decode_kv_used_tokens=sum(j.kv_used_tokens for j in serving),
             decode_kv_capacity_tokens=sum(j.kv_capacity_tokens for j in serving),
+            decode_kv_demand_tokens=max(0, round(self._decode_kv_tokens)),
             decode_tokens_per_s=sum(j.decode_tokens_per_s for j in serving),
             convertible_prefill_tokens=self._convertible_tokens,
             ttft_p90_ms=self._ttft.p90(now),

@@ -74,6 +74,9 @@ class LoadView(msgspec.Struct, frozen=True):
     decode_kv_used_tokens: int = 0
     decode_kv_capacity_tokens: int = 0
     """Of ready decoders and convertibles (AIBrix's KV-use signal is used / capacity)."""
+    decode_kv_demand_tokens: int = 0
+    """Input + predicted output tokens of the requests past prefill and not finished, wherever
+    they wait: the KV decoders must hold for them (what the broker reserves per request)."""
     decode_tokens_per_s: float = 0.0
     """Output tokens/s the decoders produced recently (HeteroScale's signal)."""
     convertible_prefill_tokens: int = 0

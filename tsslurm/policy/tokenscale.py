@@ -1,18 +1,21 @@
-"""The token-velocity policy (TokenScale), made Slurm-aware.
+"""The token-velocity policy (TokenScale), made Slurm-aware. With v_P = min(V_P, V_N):
 
-    I_P = ceil( lambda_in / (u_P * min(V_P, V_N)) )
-    I_D = ceil( sum_b lambda'_b / (u_D * V_D,b) ),  at least what the KV in use needs
-    I_C = ceil( (R * lambda_in - I_P * u_P * min(V_P, V_N)) / (s_C * V_P) )
-    decoders = I_D - I_C   (convertibles decode too)
+    base  I_P = ceil( (lambda_in + prefill backlog / t_clear) / (u_P v_P) )
+          I_D = ceil( sum_b lambda'_b / (u_D V_D,b) x (1 + decode backlog / (t_clear lambda')) ),
+                at least the decoders that hold the KV in use at kv_target
+    burst peak = max(lambda_in(10 s), R x lambda_in(300 s)); the excess over I_P v_P goes first to
+          convertibles (a prefill share s_C each) that replace decoders down to the decode
+          minimum, the rest to more prefillers; decoders = I_D - convertibles.
 
-Rates are the estimator's middle window (60 s): base capacity follows the rate new jobs must
-meet, since a job takes about that long to queue and load. The short window (10 s) feeds only
-the burst ratio R: the decayed maximum of short / middle rate seen so far, i.e. how far above
-its minute's average a burst has gone. Convertible decoders (I_C) absorb that excess prefill
-while new prefillers queue and load; a burst longer than a start-up raises the middle window
-and so the base pools. The Slurm side is the runner's: pending and starting jobs count,
-reconcile drains before it cancels, and the hold guard keeps capacity one start-up long
-(hold_factor x startup_s) before letting it go. Pure: no I/O, no clock."""
+lambda_in is the larger of the 300-s rate and the 60-s rate extrapolated one start-up ahead when
+it is rising (capacity asked now serves only after queue wait + model load). lambda'_b is the
+busier of the 60-s and 300-s windows. R is the request-weighted burst_quantile of the 10-s/300-s
+ratios seen in the last 30 minutes: how far above its trend a burst went, for that share of the
+requests (SLO attainment counts requests, and bursts are dense in them). The convertibles take a
+burst's excess prefill while new prefillers queue and load; a burst longer than a start-up lifts
+the trend and so the base pools. Slurm-awareness is the runner's: pending and starting jobs
+count, reconcile drains before it cancels, and the hold guard keeps capacity hold_factor x the
+partition's start-up before letting it go. Pure: no I/O, no clock."""
 
 from __future__ import annotations
 
@@ -27,6 +30,7 @@ from tsslurm.policy.registry import register
 from tsslurm.policy.snapshot import Decision, PartitionView, Snapshot, TokenRates
 
 Fraction = Annotated[float, Meta(gt=0, le=1)]
+BURST_SAMPLE_S = 10.0
 BURST_FLOOR_SHARE = 0.1
 """Below a tenth of one prefiller's velocity the middle rate is too thin to measure bursts on."""
 
@@ -40,33 +44,47 @@ class TokenScaleParams(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """Decoders hold at least the KV in use at this occupancy."""
     convertible_prefill_share: Fraction = 0.5
     """s_C: the share of V_P a convertible gives to a burst's prefills."""
-    burst_half_life_s: Annotated[float, Meta(gt=0)] = 1800.0
-    """How fast the remembered burst ratio R decays back towards 1."""
-    initial_burst_ratio: Annotated[float, Meta(ge=1)] = 1.0
+    burst_memory_s: Annotated[float, Meta(gt=0)] = 1800.0
+    """How long an observed burst ratio is remembered."""
+    burst_quantile: Fraction = 0.98
+    """R covers this share of the requests seen over burst_memory_s (request-weighted)."""
+    burst_utilisation: Fraction = 1.0
+    """The share of v_P prefillers and convertibles are planned at during a burst."""
+    trend_lead: Annotated[float, Meta(ge=0)] = 1.0
+    """How many start-ups ahead a rising input rate is extrapolated (0: no extrapolation)."""
+    backlog_clear_s: Annotated[float, Meta(gt=0)] = 30.0
+    """Prefill capacity is added to clear the tokens waiting for prefill within this long."""
     hold_s: Annotated[float, Meta(ge=0)] | None = None
     """Scale-down hold; None: hold_factor x the slowest partition's start-up."""
-    hold_factor: Annotated[float, Meta(ge=0)] = 1.0
+    hold_factor: Annotated[float, Meta(ge=0)] = 2.0
+    """Hold released capacity for this many start-ups (queue wait + model load)."""
 
 
-@register("tokenscale", TokenScaleParams, knob="hold_factor", knob_values=(0.5, 1.0, 2.0))
+@register("tokenscale", TokenScaleParams, knob="burst_quantile",
+          knob_values=(0.9, 0.95, 0.98, 0.99, 1.0))
 def decide(snapshot: Snapshot, params: TokenScaleParams, state: dict[str, Any]) -> Decision:
-    short, mid = windows(snapshot.rates)[:2]
+    short, mid, long = windows(snapshot.rates)
     prefill_part = reference_partition(snapshot, "prefill")
     decode_part = reference_partition(snapshot, "decode")
     v_p = prefill_velocity(prefill_part)
-    burst = burst_ratio(state, snapshot.now, short, mid, v_p, params)
-    i_p = math.ceil(mid.input_tokens_per_s / (params.prefill_utilisation * v_p))
-    i_d = max(decode_instances(mid, decode_part, params.decode_utilisation),
+    burst, samples = burst_ratio(state, snapshot.now, short, long, v_p, params)
+    base_in = max(long.input_tokens_per_s,
+                  rising_rate(mid, long, prefill_part.startup_s * params.trend_lead))
+    backlog_in = snapshot.load.prefill_queued_tokens / params.backlog_clear_s
+    i_p = math.ceil((base_in + backlog_in) / (params.prefill_utilisation * v_p) - 1e-9)
+    i_d = max(decode_with_backlog(snapshot, (mid, long), decode_part, params),
               kv_instances(snapshot, decode_part, params.kv_target))
-    i_c = convertible_instances(burst * mid.input_tokens_per_s, i_p, prefill_part, params)
-    totals = {"prefill": i_p, "decode": max(0, i_d - i_c), "convertible": i_c}
+    peak_in = max(short.input_tokens_per_s, burst * long.input_tokens_per_s)
+    prefill, convertible, decode = burst_pools(peak_in, i_p, i_d, snapshot.bounds.decode.min,
+                                               prefill_part, params)
+    totals = {"prefill": prefill, "decode": decode, "convertible": convertible}
     reasons = [
-        f"lambda_in {mid.input_tokens_per_s:.0f} tok/s ({mid.window_s:.0f} s) -> {i_p} prefill",
+        f"lambda_in {base_in:.0f} tok/s, backlog {backlog_in:.0f} tok/s -> {i_p} prefill",
         f"lambda' {sum(map(sum, mid.bucket_tokens_per_s)):.0f} tok/s -> {i_d} decoding",
-        f"burst ratio {burst:.2f} -> {i_c} convertible",
+        f"burst ratio {burst:.2f}: peak {peak_in:.0f} tok/s -> {convertible} of the decoding "
+        f"convertible, {prefill - i_p} more prefill",
     ]
-    return Decision(placed(snapshot, totals), reasons,
-                    {"burst_ratio": burst, "burst_at": snapshot.now})
+    return Decision(placed(snapshot, totals), reasons, {"burst_samples": samples})
 
 
 def windows(rates: list[TokenRates]) -> tuple[TokenRates, TokenRates, TokenRates]:
@@ -81,34 +99,85 @@ def prefill_velocity(part: PartitionView) -> float:
     return min(v.prefill_tokens_per_s, v.kv_transfer_tokens_per_s)
 
 
-def decode_instances(rates: TokenRates, part: PartitionView, utilisation: float) -> int:
+def rising_rate(mid: TokenRates, long: TokenRates, lead_s: float) -> float:
+    """The input rate `lead_s` ahead, extrapolated from the long window's centre through the
+    middle one's, when it is rising: new capacity asked now serves only after its start-up."""
+    rate = mid.input_tokens_per_s
+    gap_s = (long.window_s - mid.window_s) / 2
+    slope = (rate - long.input_tokens_per_s) / gap_s if gap_s > 0 else 0.0
+    return rate + max(0.0, slope) * (lead_s + mid.window_s / 2)
+
+
+def decode_load(rates: TokenRates, part: PartitionView, utilisation: float) -> float:
+    """sum_b lambda'_b / (u_D V_D,b): decoders' worth of token velocity."""
     grid = part.velocities.decode_tokens_per_s
-    load = sum(tokens / (utilisation * grid[i][j])
+    return sum(tokens / (utilisation * grid[i][j])
                for i, row in enumerate(rates.bucket_tokens_per_s)
                for j, tokens in enumerate(row))
+
+
+def decode_instances(rates: TokenRates, part: PartitionView, utilisation: float) -> int:
+    return math.ceil(decode_load(rates, part, utilisation) - 1e-9)
+
+
+def decode_with_backlog(snapshot: Snapshot, rates: tuple[TokenRates, ...], part: PartitionView,
+                        params: TokenScaleParams) -> int:
+    """I_D over the busier window, scaled up to also clear, within backlog_clear_s, the KV of
+    prefilled requests no decoder holds yet (at the same length mix)."""
+    busiest = max(rates, key=lambda r: decode_load(r, part, params.decode_utilisation))
+    load = decode_load(busiest, part, params.decode_utilisation)
+    tokens_per_s = sum(map(sum, busiest.bucket_tokens_per_s))
+    waiting = max(0, snapshot.load.decode_kv_demand_tokens - snapshot.load.decode_kv_used_tokens)
+    if tokens_per_s > 0:
+        load *= 1.0 + waiting / (params.backlog_clear_s * tokens_per_s)
     return math.ceil(load - 1e-9)
 
 
 def kv_instances(snapshot: Snapshot, part: PartitionView, kv_target: float) -> int:
+    """Decoders that hold the KV in use at kv_target occupancy."""
     used = snapshot.load.decode_kv_used_tokens
-    return math.ceil(used / (kv_target * part.velocities.kv_capacity_tokens))
+    return math.ceil(used / (kv_target * part.velocities.kv_capacity_tokens) - 1e-9)
 
 
-def burst_ratio(state: dict[str, Any], now: float, short: TokenRates, mid: TokenRates,
-                v_p: float, params: TokenScaleParams) -> float:
-    """max(short/middle now, the remembered ratio decayed towards 1 by its half-life)."""
-    remembered = float(state.get("burst_ratio", params.initial_burst_ratio))
-    elapsed = max(0.0, now - float(state.get("burst_at", now)))
-    decayed = 1.0 + (remembered - 1.0) * 0.5 ** (elapsed / params.burst_half_life_s)
+def burst_ratio(state: dict[str, Any], now: float, short: TokenRates, long: TokenRates,
+                v_p: float, params: TokenScaleParams) -> tuple[float, list[list[float]]]:
+    """R: the request-weighted burst_quantile of the short/long input-rate ratios sampled every
+    BURST_SAMPLE_S over the last burst_memory_s, and the samples to remember. Weighting by the
+    requests that arrived at each ratio makes R cover that share of requests, which is what SLO
+    attainment counts (bursts are rare in time but dense in requests)."""
     floor = BURST_FLOOR_SHARE * v_p
-    current = short.input_tokens_per_s / max(mid.input_tokens_per_s, floor)
-    return max(1.0, decayed, current)
+    current = short.input_tokens_per_s / max(long.input_tokens_per_s, floor)
+    samples = [s for s in state.get("burst_samples", []) if s[0] > now - params.burst_memory_s]
+    if not samples or now - samples[-1][0] >= BURST_SAMPLE_S:
+        samples.append([now, current, short.requests_per_s])
+    return max(1.0, current, _weighted_quantile(samples, params.burst_quantile)), samples
 
 
-def convertible_instances(peak_input_rate: float, prefillers: int, part: PartitionView,
-                          params: TokenScaleParams) -> int:
-    """Convertibles to prefill what a burst brings beyond the prefillers' planned capacity."""
-    planned = prefillers * params.prefill_utilisation * prefill_velocity(part)
-    excess = peak_input_rate - planned
-    per_convertible = params.convertible_prefill_share * part.velocities.prefill_tokens_per_s
-    return max(0, math.ceil(excess / per_convertible - 1e-9))
+def _weighted_quantile(samples: list[list[float]], quantile: float) -> float:
+    ordered = sorted(samples, key=lambda s: s[1])
+    total = sum(s[2] for s in ordered)
+    if total <= 0:
+        return ordered[-1][1]
+    seen = 0.0
+    for sample in ordered:
+        seen += sample[2]
+        if seen >= quantile * total - 1e-12:
+            return sample[1]
+    return ordered[-1][1]
+
+
+def burst_pools(peak_input_rate: float, prefillers: int, decoding: int, min_decoders: int,
+                part: PartitionView, params: TokenScaleParams) -> tuple[int, int, int]:
+    """(prefill, convertible, decode) that prefill a burst's peak on top of the base pools.
+
+    A convertible prefills at s_C of a prefiller's rate but also decodes, so where it replaces a
+    decoder (down to the decode pool's minimum) it costs no extra GPU; beyond that a prefiller
+    gives more prefill per GPU."""
+    per_prefiller = params.burst_utilisation * prefill_velocity(part)
+    per_convertible = params.convertible_prefill_share * per_prefiller
+    excess = max(0.0, peak_input_rate - prefillers * per_prefiller)
+    replaceable = max(0, decoding - min_decoders)
+    convertible = min(replaceable, math.ceil(excess / per_convertible - 1e-9))
+    left = max(0.0, excess - convertible * per_convertible)
+    extra = math.ceil(left / per_prefiller - 1e-9)
+    return prefillers + extra, convertible, decoding - convertible
