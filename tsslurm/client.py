@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple, Self
 
@@ -172,10 +172,14 @@ class _Base:
         self.idle_s = idle_s
         self.calls: dict[str, _Call] = {}
 
-    def _new_call(self, prompt: str | list[int], max_tokens: int, sampling: Sampling | None,
+    def _new_call(self, prompt: str | Sequence[int], max_tokens: int, sampling: Sampling | None,
                   stream: bool, request_id: str | None, timeout_s: float | None) -> _Call:
-        ids = prompt if isinstance(prompt, list) else \
-            self.tokenizer.encode(prompt) if self.tokenizer else None
+        if isinstance(prompt, str):
+            ids = self.tokenizer.encode(prompt) if self.tokenizer else None
+        else:
+            ids = list(prompt)
+            if ids and (min(ids) < 0 or max(ids) >= 1 << 31):
+                raise RequestError("bad_request", "prompt token ids must be in [0, 2**31)")
         request = GenerateRequest(
             request_id=request_id or uuid.uuid4().hex, max_tokens=max_tokens,
             prompt_token_ids=ids, prompt=None if ids is not None else str(prompt),
@@ -238,7 +242,7 @@ class Client(_Base):
         self._context = zmq.Context()
         self._sock = self._socket(self._context)
 
-    def generate(self, prompt: str | list[int], max_tokens: int = 128,
+    def generate(self, prompt: str | Sequence[int], max_tokens: int = 128,
                  sampling: Sampling | None = None, *, request_id: str | None = None,
                  timeout_s: float | None = None) -> GenerateResult:
         call = self._new_call(prompt, max_tokens, sampling, False, request_id, timeout_s)
@@ -246,7 +250,7 @@ class Client(_Base):
             pass
         return call.result(self.tokenizer)
 
-    def stream(self, prompt: str | list[int], max_tokens: int = 128,
+    def stream(self, prompt: str | Sequence[int], max_tokens: int = 128,
                sampling: Sampling | None = None, *, request_id: str | None = None,
                timeout_s: float | None = None) -> Iterator[StreamChunk]:
         call = self._new_call(prompt, max_tokens, sampling, True, request_id, timeout_s)
@@ -323,7 +327,7 @@ class AsyncClient(_Base):
         self._reconnect_lock = asyncio.Lock()
         self.generation = 0
 
-    async def generate(self, prompt: str | list[int], max_tokens: int = 128,
+    async def generate(self, prompt: str | Sequence[int], max_tokens: int = 128,
                        sampling: Sampling | None = None, *, request_id: str | None = None,
                        timeout_s: float | None = None, stream: bool = True) -> GenerateResult:
         """`stream=True` has the broker stream tokens as they come (collected here)."""
@@ -332,7 +336,7 @@ class AsyncClient(_Base):
             pass
         return call.result(self.tokenizer)
 
-    async def stream(self, prompt: str | list[int], max_tokens: int = 128,
+    async def stream(self, prompt: str | Sequence[int], max_tokens: int = 128,
                      sampling: Sampling | None = None, *, request_id: str | None = None,
                      timeout_s: float | None = None) -> AsyncIterator[StreamChunk]:
         call = self._new_call(prompt, max_tokens, sampling, True, request_id, timeout_s)

@@ -109,15 +109,21 @@ class Broker:
             handlers[self.tokenizer_pool.socket] = self._drain_tokenizer
         for socket in handlers:
             poller.register(socket, zmq.POLLIN)
-        core = self.core
         while not self._stopping.is_set():
             ready = poller.poll(self._poll_timeout_ms())
             for socket, _ in ready:
                 handlers[socket]()
+            self._turn_end()
+
+    def _turn_end(self) -> None:
+        """Timers, placement, sends: once per loop turn, whatever woke it."""
+        try:
             self._run_timers()
-            if core.dirty:
-                core.dispatch()
-            self.outbox.flush()
+            if self.core.dirty:
+                self.core.dispatch()
+        except Exception as error:  # a bug must not end the loop; the log says where
+            self._internal_error(error)
+        self.outbox.flush()
 
     def summary(self) -> dict[str, object]:
         """Counts for logs and `tsslurm status`: requests, workers, counters, messages."""
