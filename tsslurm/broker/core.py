@@ -77,26 +77,34 @@ class BrokerCore(WorkerLifecycle):
         result = self.recent.get(message.request_id)
         if result is not None:
             return self._replay(client, message, result)
-        rejection = check_request(message, self.limits)
-        if rejection is None and len(self.prefill_queue) >= self.config.max_queued:
-            rejection = "overloaded", (f"{len(self.prefill_queue)} requests are already waiting "
-                                       "for a worker; retry later")
-        if rejection is None and message.prompt_token_ids is None and self._tokenize is None:
-            rejection = ("bad_request", "this deployment has no tokenizer: send prompt_token_ids")
+        rejection = self._refusal(message)
         if rejection is not None:
             return self.reject(client, message.request_id, *rejection)
-        timeout = min(message.deadline_s or self.config.request_timeout_s,
-                      self.config.request_timeout_s)
-        request = Request(message.request_id, client, now, message.max_tokens, message.sampling,
-                          message.stream, now + timeout)
-        self.requests[request.request_id] = request
-        self.deadlines.schedule(request.deadline, request.request_id)
+        request = self._register(client, message, now)
         if message.prompt_token_ids is not None:
             request.prompt = message.prompt_token_ids
             self._admit(request, now)
         else:
             assert self._tokenize is not None and message.prompt is not None
             self._tokenize(request.request_id, message.prompt)
+
+    def _refusal(self, message: GenerateRequest) -> tuple[str, str] | None:
+        rejection = check_request(message, self.limits)
+        if rejection is None and len(self.prefill_queue) >= self.config.max_queued:
+            rejection = "overloaded", (f"{len(self.prefill_queue)} requests are already waiting "
+                                       "for a worker; retry later")
+        if rejection is None and message.prompt_token_ids is None and self._tokenize is None:
+            rejection = ("bad_request", "this deployment has no tokenizer: send prompt_token_ids")
+        return rejection
+
+    def _register(self, client: bytes, message: GenerateRequest, now: float) -> Request:
+        timeout = min(message.deadline_s or self.config.request_timeout_s,
+                      self.config.request_timeout_s)
+        request = Request(message.request_id, client, now, message.max_tokens, message.sampling,
+                          message.stream, now + timeout)
+        self.requests[request.request_id] = request
+        self.deadlines.schedule(request.deadline, request.request_id)
+        return request
 
     def tokenized(self, request_id: str, token_ids: list[int] | None, problem: str | None,
                   now: float) -> None:
