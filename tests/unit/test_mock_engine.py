@@ -271,3 +271,22 @@ def test_generate_interface_and_real_time() -> None:
     assert elapsed >= expected * 0.95, "the engine takes at least the model's time"
     assert elapsed <= expected * 4 + 0.5, "and runs in real time, not slower (a loose bound: the " \
                                           "machine may be busy)"
+
+
+def test_abort_during_a_prefill_iteration() -> None:
+    async def scenario() -> None:
+        run = Run()
+        await run.start()
+        run.engine.submit(item("long", [1] * 5000, 50))
+        run.engine.submit(item("other", [2] * 10, 3))
+        await asyncio.sleep(0)  # the engine admits both and sleeps through the prefill
+        assert set(run.engine.in_flight()) == {"long", "other"}
+        await run.engine.abort("long")
+        await run.until_finished({"other"})
+        for _ in range(20):
+            await asyncio.sleep(0)
+        assert run.tokens_of("long") == [] and run.engine.in_flight() == []
+        assert run.engine.stats().kv_used_tokens == 0
+        await run.engine.shutdown()
+
+    asyncio.run(scenario())

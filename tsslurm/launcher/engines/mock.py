@@ -120,6 +120,8 @@ class MockEngine:
         self._waiting: deque[_Sequence] = deque()
         self._transferring: list[_Sequence] = []
         self._running: dict[str, _Sequence] = {}
+        self._prefilling: list[_Sequence] = []
+        """This iteration's prefills (an abort must find them too)."""
         self._kv_used = 0
         self._sink: Callable[[list[OutputItem]], None] | None = None
         self._streams: dict[str, asyncio.Queue[OutputItem]] = {}
@@ -177,7 +179,7 @@ class MockEngine:
 
     def in_flight(self) -> list[str]:
         return ([s.request_id for s in self._waiting] + [s.request_id for s in self._transferring]
-                + list(self._running))
+                + [s.request_id for s in self._prefilling] + list(self._running))
 
     async def shutdown(self) -> None:
         if self._task is not None:
@@ -206,7 +208,7 @@ class MockEngine:
                 raise EngineError(f"injected failure after {self._fail_after_s} s of serving")
             self._finish_transfers(start)
             decoding = list(self._running.values())
-            prefilling = self._admit(start)
+            self._prefilling = prefilling = self._admit(start)
             prefill_tokens = sum(s.context for s in prefilling)
             step = (prefill_seconds(prefill_tokens, self.velocities) if prefilling else 0.0) \
                 + decode_step_seconds(len(decoding), sum(s.context for s in decoding),
@@ -216,6 +218,7 @@ class MockEngine:
                 continue
             await self._sleep(max(0.0, start + step - self._clock()))
             self._emit(self._iterate(decoding, prefilling))
+            self._prefilling = []
             self._measure(prefill_tokens, len(decoding), step)
 
     def _admit(self, now: float) -> list[_Sequence]:
@@ -304,11 +307,11 @@ class MockEngine:
         if sequence is not None:
             self._kv_used -= sequence.kv
             return
-        for collection in (self._waiting, self._transferring):
+        for collection in (self._waiting, self._transferring, self._prefilling):
             for sequence in collection:
                 if sequence.request_id == request_id:
                     collection.remove(sequence)  # type: ignore[arg-type]
-                    if collection is self._transferring:
+                    if collection is not self._waiting:
                         self._kv_used -= sequence.kv
                     return
 
