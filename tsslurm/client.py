@@ -204,7 +204,7 @@ class _Base:
         return socket
 
     def _dispatch(self, frames: list[bytes]) -> list[_Call]:
-        """Apply one broker message; the calls it touched."""
+        """Apply one broker message; the calls to wake (streaming ones, finished ones)."""
         try:
             command, body = decode(frames)
         except ProtocolError:
@@ -212,10 +212,13 @@ class _Base:
         touched = []
         if command is Command.STREAM:
             assert isinstance(body, StreamBatch)
+            calls = self.calls
             for delta in body.deltas:
-                call = self.calls.get(delta.request_id)
-                if call is not None and not call.finished:
-                    call.apply(delta)
+                call = calls.get(delta.request_id)
+                if call is None or call.finish_reason is not None or call.error is not None:
+                    continue
+                call.apply(delta)
+                if call.changed is not None or call.finish_reason is not None:
                     touched.append(call)
         elif command is Command.ERROR:
             assert isinstance(body, ErrorReply)
@@ -272,7 +275,9 @@ class Client(_Base):
                 self._send(encode(Command.CANCEL, Cancel(call.request.request_id)))
                 raise RequestTimeout(f"no complete answer within {timeout_s or self.timeout_s} s")
             if self._sock.poll(int(self.idle_s * 1000)):
-                if self._dispatch(self._sock.recv_multipart()):
+                held = len(call.tokens)
+                self._dispatch(self._sock.recv_multipart())
+                if len(call.tokens) != held:
                     yield None
             elif not self._alive():
                 failures += 1

@@ -138,3 +138,23 @@ def test_a_resubmit_from_a_new_socket_continues_without_duplicates(deployment) -
                 assert delta.finish_reason is None
     finally:
         context.destroy(linger=0)
+
+
+def test_streams_arrive_piece_by_piece(deployment) -> None:
+    d = deployment()
+    d.start_broker()
+    d.start_worker("d1", "decode")
+    with d.sync_client(timeout_s=30) as client:
+        sync_chunks = list(client.stream([70, 80, 90], max_tokens=15))
+
+    async def run() -> list:
+        client = d.client(timeout_s=30)
+        try:
+            return [chunk async for chunk in client.stream([70, 80, 90], max_tokens=15)]
+        finally:
+            await client.close()
+
+    for chunks in (sync_chunks, asyncio.run(run())):
+        token_chunks = [c.token_ids for c in chunks if c.token_ids]
+        assert [t for c in token_chunks for t in c] == mock_continuation([70, 80, 90], 15)
+        assert len(token_chunks) > 3, "pieces as they come (a busy machine may merge a few)"

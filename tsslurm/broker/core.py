@@ -228,11 +228,21 @@ class BrokerCore(WorkerLifecycle):
 
     def output(self, worker: Worker, batch: OutputBatch, now: float) -> None:
         worker.last_seen = now
-        requests = self.requests
+        requests, stream = self.requests, self.outbox.stream
         for item in batch.items:
             request = requests.get(item.request_id)
+            tokens = item.token_ids
             if request is None or request.worker is not worker:
                 self.counters["stale_outputs"] += 1
+            elif (tokens and item.finish_reason is None and item.error is None and request.stream
+                  and not request.charge_prefill and request.first_token_at is not None
+                  and len(request.tokens) + len(tokens) < request.max_tokens):
+                offset = len(request.tokens)  # the common case, inlined: a token mid-stream
+                request.tokens += tokens
+                request.last_token_at = now
+                request.messages += 1
+                stream(request.client, TokenDelta(request_id=item.request_id, token_ids=tokens,
+                                                  offset=offset))
             elif item.error is not None:
                 self._interrupt(request, now, retry=True, reason=f"engine error: {item.error}")
             elif request.mode == routing.PREFILL:

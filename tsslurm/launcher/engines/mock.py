@@ -29,18 +29,13 @@ from tsslurm.perfmodel import decode_step_seconds, kv_transfer_seconds, prefill_
 from tsslurm.profile.schema import Velocities
 from tsslurm.protocol import OutputItem, WorkerStats, WorkItem
 
-_MASK = (1 << 64) - 1
 BLOCK_TOKENS = 16
 
 
 def next_token(w0: int, w1: int, w2: int, w3: int) -> int:
-    """The token after a sequence ending in w0 w1 w2 w3 (oldest first): printable ASCII."""
-    h = (w0 * 0x100000001B3 ^ w1 * 0x9E3779B97F4A7C15 ^ w2 * 0xC2B2AE3D27D4EB4F
-         ^ w3 * 0x165667B19E3779F9) & _MASK
-    h ^= h >> 31
-    h = (h * 0xBF58476D1CE4E5B9) & _MASK
-    h ^= h >> 29
-    return 32 + h % 95
+    """The token after a sequence ending in w0 w1 w2 w3 (oldest first): printable ASCII. The hash
+    of a tuple of ints is the same in every process (no hash randomization for ints)."""
+    return 32 + hash((w0, w1, w2, w3)) % 95
 
 
 def mock_continuation(tokens: list[int], count: int, stop_token_ids: Collection[int] = ()) -> list[int]:
