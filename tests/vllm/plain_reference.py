@@ -1,6 +1,6 @@
 """A plain vLLM engine (offline `vllm.LLM`, no KV connector, float32, greedy) as the reference the
-disaggregated and converted paths must match. Reads {"model", "prompts", "max_tokens"} as JSON on
-stdin; prints the generated token ids as one JSON line."""
+disaggregated and converted paths must match. Reads {"model", "prompts", "max_tokens"} from the
+JSON file named by its argument; prints the generated token ids as one JSON line."""
 
 from __future__ import annotations
 
@@ -12,7 +12,8 @@ def main() -> None:
     from vllm import LLM, SamplingParams
     from vllm.inputs import TokensPrompt
 
-    request = json.load(sys.stdin)
+    with open(sys.argv[1]) as file:
+        request = json.load(file)
     llm = LLM(model=request["model"], dtype="float32", enforce_eager=True,
               kv_cache_memory_bytes=64 << 20, max_model_len=2048, seed=0)
     params = SamplingParams(temperature=0.0, max_tokens=request["max_tokens"])

@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import psutil
 import pytest
-
 from vllm_helpers import PlainReference, random_prompts, tiny_profile
+
+from tsslurm.launcher.engines.base import EngineError
 from tsslurm.launcher.engines.vllm import VllmEngine
 from tsslurm.protocol import OutputItem, Sampling, WorkItem
 
@@ -33,20 +36,27 @@ class Pair:
 @pytest.fixture(scope="module")
 def engines(tiny_model: Path, runner: asyncio.Runner,
             tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pair]:
-    plain = PlainReference(tiny_model, PROMPTS, MAX_TOKENS)
+    state = tmp_path_factory.mktemp("state")
+    plain = PlainReference(tiny_model, PROMPTS, MAX_TOKENS, state)
     profile = tiny_profile(tiny_model, kv_connector="nixl",
                            extra_args={"enable_prefix_caching": False})
-    state = tmp_path_factory.mktemp("state")
     cpus = sorted(os.sched_getaffinity(0))
-    prefiller = VllmEngine(profile, state, cpus=[cpus[0]])
-    decoder = VllmEngine(profile, state, cpus=[cpus[-1]])
+    prefiller = VllmEngine(profile, state, cpus=[cpus[0]], start_timeout_s=240)
+    decoder = VllmEngine(profile, state, cpus=[cpus[-1]], start_timeout_s=240)
     try:
-        runner.run(prefiller.start())
-        runner.run(decoder.start())
+        runner.run(start(prefiller, decoder))
         yield Pair(prefiller, decoder, plain)
     finally:
         plain.kill()
-        runner.run(asyncio.gather(prefiller.shutdown(), decoder.shutdown()))
+        runner.run(shut_down(prefiller, decoder))
+
+
+async def start(*engines: VllmEngine) -> None:
+    await asyncio.gather(*(engine.start() for engine in engines))
+
+
+async def shut_down(*engines: VllmEngine) -> None:
+    await asyncio.gather(*(engine.shutdown() for engine in engines))
 
 
 async def collect(engine: VllmEngine, item: WorkItem) -> list[OutputItem]:
@@ -70,7 +80,7 @@ def disaggregated(pair: Pair, runner: asyncio.Runner, prompt: list[int], rid: st
     return tokens_of(decoded)
 
 
-@pytest.mark.timeout(300)
+@pytest.mark.timeout(420)
 def test_disaggregated_converted_and_plain_engines_agree_token_for_token(
         engines: Pair, runner: asyncio.Runner) -> None:
     reference = engines.plain.outputs()
@@ -174,3 +184,24 @@ def test_stats_report_the_engines_own_load_and_rates(engines: Pair,
     assert max(s.kv_usage for s in seen) > 0 and max(s.kv_used_tokens for s in seen) > 0
     after = decoder.stats()
     assert after.running == 0 and after.decode_tokens_per_s > 0 and after.prefill_tokens_per_s > 0
+
+
+@pytest.mark.timeout(120)
+def test_shutdown_leaves_no_engine_process(engines: Pair, runner: asyncio.Runner) -> None:
+    pids = engines.prefiller.engine_pids + engines.decoder.engine_pids
+    assert len(pids) == 2 and all(psutil.pid_exists(pid) for pid in pids)
+    began = time.monotonic()
+    runner.run(shut_down(engines.prefiller, engines.decoder))
+    assert time.monotonic() - began < 30
+    assert not any(_alive(pid) for pid in pids)
+    runner.run(engines.decoder.shutdown())
+    with pytest.raises(EngineError, match="not running"):
+        runner.run(collect(engines.decoder, WorkItem(request_id="x", mode="full",
+                                                     prompt_token_ids=[5], max_tokens=1)))
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False

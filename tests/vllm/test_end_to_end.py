@@ -107,13 +107,11 @@ class Deployment:
             time.sleep(0.1)
 
     def _spawn(self, name: str, argv: list[str], env: dict[str, str], cpu: int | None) -> None:
-        def pin() -> None:
-            if cpu is not None:
-                os.sched_setaffinity(0, {cpu})
-
         with open(self.root / f"{name}.log", "ab") as log:
             self.processes[name] = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT,
-                                                    env=env, cwd=self.root, preexec_fn=pin)
+                                                    env=env, cwd=self.root)
+        if cpu is not None:
+            os.sched_setaffinity(self.processes[name].pid, {cpu})
 
 
 @pytest.fixture
@@ -134,7 +132,7 @@ def pulled_tokens(decoder_log: str) -> int:
 @pytest.mark.timeout(420)
 def test_broker_and_launchers_serve_vllm_disaggregated_and_converted(
         deployment: Deployment, tiny_model: Path) -> None:
-    plain = PlainReference(tiny_model, PROMPTS, MAX_TOKENS)
+    plain = PlainReference(tiny_model, PROMPTS, MAX_TOKENS, deployment.root)
     cpus = sorted(os.sched_getaffinity(0))
     deployment.start_broker()
     deployment.start_worker("p1", "prefill", cpus[0])

@@ -1,6 +1,6 @@
 """The vLLM engine's life outside the happy path, and the ExampleConnector: bad settings and a
-failed start are EngineErrors, a killed engine process is reported (never a hang), shutdown leaves
-no process behind, and ExampleConnector files are found by a decoder and swept."""
+failed start are EngineErrors, a killed engine process is reported (never a hang) and leaves no
+process behind, and ExampleConnector files are found by a decoder and swept."""
 
 from __future__ import annotations
 
@@ -66,6 +66,16 @@ def test_a_failed_start_is_an_engine_error_and_leaves_no_process(
     assert [child for child in left if not gone(child.pid)] == []
 
 
+@pytest.mark.timeout(120)
+def test_a_start_past_its_timeout_is_an_engine_error_and_leaves_no_process(
+        tiny_model: Path, tmp_path: Path, runner: asyncio.Runner) -> None:
+    engine = VllmEngine(tiny_profile(tiny_model), tmp_path, start_timeout_s=0.5)
+    with pytest.raises(EngineError, match="did not start within 0 s"):
+        runner.run(engine.start())
+    assert engine.engine_pids, "the engine process had been spawned"
+    assert all(gone(pid) for pid in engine.engine_pids)
+
+
 @pytest.mark.timeout(180)
 def test_example_connector_hands_kv_over_files_then_a_killed_engine_is_reported(
         tiny_model: Path, tmp_path: Path, runner: asyncio.Runner) -> None:
@@ -114,20 +124,3 @@ def test_example_connector_hands_kv_over_files_then_a_killed_engine_is_reported(
     finally:
         runner.run(engine.shutdown())
     assert all(gone(pid) for pid in engine.engine_pids)
-
-
-@pytest.mark.timeout(120)
-def test_shutdown_stops_the_engine_process(tiny_model: Path, tmp_path: Path,
-                                           runner: asyncio.Runner) -> None:
-    engine = VllmEngine(tiny_profile(tiny_model, kv_connector="nixl"), tmp_path)
-    runner.run(engine.start())
-    pids = list(engine.engine_pids)
-    assert pids and not any(gone(pid) for pid in pids)
-    began = time.monotonic()
-    runner.run(engine.shutdown())
-    assert all(gone(pid) for pid in pids)
-    assert time.monotonic() - began < 15
-    runner.run(engine.shutdown())
-    with pytest.raises(EngineError, match="not running"):
-        runner.run(collect(engine, WorkItem(request_id="x", mode="full", prompt_token_ids=[5],
-                                            max_tokens=1)))

@@ -37,26 +37,23 @@ class PlainReference:
     """Greedy outputs of a plain vLLM engine (no KV connector), computed in a child process
     while the test's own engines start."""
 
-    def __init__(self, model_dir: Path, prompts: list[list[int]], max_tokens: int) -> None:
-        request = json.dumps({"model": str(model_dir), "prompts": prompts,
-                              "max_tokens": max_tokens})
+    def __init__(self, model_dir: Path, prompts: list[list[int]], max_tokens: int,
+                 workdir: Path) -> None:
         env = {**os.environ, "VLLM_ENABLE_V1_MULTIPROCESSING": "0"}
+        self.request_file = workdir / "plain-reference-request.json"
+        self.request_file.write_text(json.dumps({"model": str(model_dir), "prompts": prompts,
+                                                 "max_tokens": max_tokens}))
         self.process = subprocess.Popen(
-            [sys.executable, str(HERE / "plain_reference.py")], stdin=subprocess.PIPE,
+            [sys.executable, str(HERE / "plain_reference.py"), str(self.request_file)],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-        assert self.process.stdin is not None
-        self.process.stdin.write(request)
-        self.process.stdin.close()
 
     def outputs(self, timeout_s: float = 240.0) -> list[list[int]]:
-        assert self.process.stdout is not None and self.process.stderr is not None
-        out = self.process.stdout.read()
-        err = self.process.stderr.read()
-        code = self.process.wait(timeout=timeout_s)
-        assert code == 0, f"plain reference engine failed ({code}):\n{err[-4000:]}"
+        out, err = self.process.communicate(timeout=timeout_s)
+        assert self.process.returncode == 0, \
+            f"plain reference engine failed ({self.process.returncode}):\n{err[-4000:]}"
         return json.loads(out.strip().splitlines()[-1])
 
     def kill(self) -> None:
         if self.process.poll() is None:
             self.process.kill()
-            self.process.wait()
+            self.process.communicate()

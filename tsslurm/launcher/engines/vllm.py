@@ -25,6 +25,8 @@ import socket
 import threading
 import time
 from collections.abc import AsyncIterator, Mapping, Sequence
+from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
 from pathlib import Path
 from typing import Any
 
@@ -51,9 +53,12 @@ PREFILL_PARAMS: dict[str, Any] = {
 KV_FILE_TTL_S = 480.0
 """ExampleConnector files older than this are deleted (NIXL's own default block TTL)."""
 
+START_TIMEOUT_S = 600.0
+"""vLLM waits for its engine process without limit; a start that takes longer than this fails."""
+
 _spawn_lock = threading.Lock()
 """vLLM reads its settings from the environment of the engine-core process it spawns, so engines
-in one process (tests) set their environment and start one at a time."""
+in one process (tests) take turns to set their environment until their process is spawned."""
 
 
 class VllmEngine:
@@ -61,7 +66,8 @@ class VllmEngine:
 
     def __init__(self, profile: Profile, state_dir: str | os.PathLike[str], *,
                  cpus: Sequence[int] | None = None, env: Mapping[str, str] | None = None,
-                 kv_file_ttl_s: float = KV_FILE_TTL_S) -> None:
+                 kv_file_ttl_s: float = KV_FILE_TTL_S,
+                 start_timeout_s: float = START_TIMEOUT_S) -> None:
         """`cpus` pins the engine process to these CPUs with one compute thread each (e.g. [0]
         and [1] for two engines on two cores); by default it keeps this process's CPUs (a Slurm
         job's allocation, or a test's taskset). `env` adds variables for the engine process
@@ -71,6 +77,7 @@ class VllmEngine:
         self.cpus = sorted(set(cpus)) if cpus is not None else None
         self.extra_env = dict(env or {})
         self.kv_file_ttl_s = kv_file_ttl_s
+        self.start_timeout_s = start_timeout_s
         self.counters = EngineCounters()
         self._collector = StatsCollector(self.counters)
         self._llm: Any = None
@@ -221,19 +228,40 @@ class VllmEngine:
                               f"arguments, e.g. max_num_seqs)") from None
 
     def _spawn(self, args: Any, env: dict[str, str]) -> Any:
+        """Build the AsyncLLM in a thread of its own; hold the environment only until the engine
+        process exists, so engines of one process start side by side; bounded by the timeout."""
         from vllm.v1.engine.async_llm import AsyncLLM
+
+        building: Future[Any] = Future()
+
+        def build() -> None:
+            try:
+                building.set_result(AsyncLLM.from_engine_args(
+                    args, stat_loggers=[self._collector.factory]))
+            except BaseException as error:  # noqa: BLE001 (handed to the waiting thread)
+                building.set_exception(error)
 
         with _spawn_lock, environment(env):
             before = child_pids()
-            try:
-                llm = AsyncLLM.from_engine_args(args, stat_loggers=[self._collector.factory])
-            except Exception as error:
-                reap(sorted(child_pids() - before), timeout_s=5.0)
-                raise EngineError(f"vLLM engine failed to start: {_describe(error)}") from error
+            threading.Thread(target=build, name="vllm-engine-start", daemon=True).start()
+            while not building.done() and not child_pids() - before:
+                time.sleep(0.05)
             self.engine_pids = sorted(child_pids() - before)
+        llm = self._built(building)
         for pid in self.engine_pids:
             pin_process(pid, self.cpus or sorted(os.sched_getaffinity(0)))
         return llm
+
+    def _built(self, building: Future[Any]) -> Any:
+        try:
+            return building.result(timeout=self.start_timeout_s)
+        except FutureTimeout:
+            reap(self.engine_pids, timeout_s=0.0)
+            raise EngineError(f"the vLLM engine did not start within {self.start_timeout_s:.0f} s "
+                              f"(engine.start_timeout_s); its processes were stopped") from None
+        except Exception as error:
+            reap(self.engine_pids, timeout_s=5.0)
+            raise EngineError(f"vLLM engine failed to start: {_describe(error)}") from error
 
     def _sampling_params(self, item: WorkItem) -> Any:
         from vllm.sampling_params import RequestOutputKind, SamplingParams

@@ -58,7 +58,7 @@ def pin_process(pid: int, cpus: Sequence[int]) -> None:
                               f"(this process may use {sorted(os.sched_getaffinity(0))})") from None
 
 
-def reap(pids: Sequence[int], timeout_s: float = 10.0) -> None:
+def reap(pids: Sequence[int], timeout_s: float = 10.0, kill_wait_s: float = 5.0) -> None:
     """Wait for the engine processes to exit (reaping them); kill what is left after timeout_s."""
     import psutil
 
@@ -72,7 +72,7 @@ def reap(pids: Sequence[int], timeout_s: float = 10.0) -> None:
     for process in alive:
         log.warning("vLLM engine process %d did not exit; killing it", process.pid)
         process.kill()
-    psutil.wait_procs(alive, timeout=timeout_s)
+    psutil.wait_procs(alive, timeout=kill_wait_s)
 
 
 class environment:
