@@ -24,6 +24,7 @@ import zmq
 import zmq.asyncio
 
 from tsslurm.errors import UserError
+from tsslurm.frames import send_frames
 from tsslurm.protocol import (
     Cancel,
     Command,
@@ -302,7 +303,7 @@ class Client(_Base):
     def _send(self, frames: list[bytes]) -> bool:
         """False when the broker is not connected (e.g. it refused this client's key)."""
         try:
-            self._sock.send_multipart(frames, zmq.NOBLOCK)
+            send_frames(self._sock, frames)
             return True
         except zmq.Again:
             return False
@@ -327,6 +328,8 @@ class AsyncClient(_Base):
         super().__init__(endpoint, state_dir, credentials, timeout_s, reconnects, idle_s)
         self._context = zmq.asyncio.Context()
         self._sock = self._socket(self._context)
+        self._view = zmq.Socket.shadow(self._sock.underlying)
+        """The same socket, used synchronously on this thread (sends never wait)."""
         self._reader: asyncio.Task[None] | None = None
         self._pong: asyncio.Future[None] | None = None
         self._reconnect_lock = asyncio.Lock()
@@ -387,6 +390,16 @@ class AsyncClient(_Base):
                     yield None
         finally:
             self.calls.pop(request_id, None)
+            if not call.finished:
+                self._abandon(request_id)
+
+    def _abandon(self, request_id: str) -> None:
+        """A request given up before its end (its task cancelled, its stream closed early): the
+        broker aborts it on the engine. Sent at once, without awaiting: this runs while unwinding."""
+        try:
+            send_frames(self._view, encode(Command.CANCEL, Cancel(request_id)))
+        except zmq.ZMQError:
+            pass
 
     def _ensure_reader(self) -> None:
         if self._reader is None or self._reader.done():
@@ -434,6 +447,7 @@ class AsyncClient(_Base):
                 self._reader.cancel()
             self._sock.close(linger=0)
             self._sock = self._socket(self._context)
+            self._view = zmq.Socket.shadow(self._sock.underlying)
             self.generation += 1
             self._ensure_reader()
             for call in list(self.calls.values()):
@@ -442,7 +456,7 @@ class AsyncClient(_Base):
 
     async def _send(self, frames: list[bytes]) -> bool:
         try:
-            await self._sock.send_multipart(frames, flags=zmq.NOBLOCK)
+            send_frames(self._view, frames)
             return True
         except zmq.Again:
             return False

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable
+from typing import Any
 
 import msgspec
 
@@ -52,6 +53,7 @@ class WorkerChange(msgspec.Struct, tag=True, frozen=True, gc=False):
 
 
 Event = Arrival | FirstToken | Finished | WorkerChange
+EVENT_TYPES: tuple[type[Event], ...] = (Arrival, FirstToken, Finished, WorkerChange)
 
 
 class EventHub:
@@ -59,15 +61,17 @@ class EventHub:
 
     def __init__(self, max_events: int = 200_000):
         self._log: deque[Event] = deque(maxlen=max_events)
-        self._subscribers: list[Callable[[Event], None]] = []
+        self._subscribers: dict[type, list[Callable[[Any], None]]] = {t: [] for t in EVENT_TYPES}
 
-    def subscribe(self, callback: Callable[[Event], None]) -> None:
-        """`callback` runs on the broker's loop for every event: it must be quick."""
-        self._subscribers.append(callback)
+    def subscribe(self, callback: Callable[[Any], None], *kinds: type[Event]) -> None:
+        """`callback` runs on the broker's loop for every event of `kinds` (default: all); it
+        must be quick."""
+        for kind in kinds or EVENT_TYPES:
+            self._subscribers[kind].append(callback)
 
     def emit(self, event: Event) -> None:
         self._log.append(event)
-        for callback in self._subscribers:
+        for callback in self._subscribers[type(event)]:
             callback(event)
 
     def drain(self) -> list[Event]:

@@ -10,6 +10,7 @@ from collections import Counter
 import msgspec
 import zmq
 
+from tsslurm.frames import send_frames
 from tsslurm.protocol import (
     HEADER,
     Abort,
@@ -91,7 +92,7 @@ class BatchingOutbox:
 
     def _send(self, socket: zmq.Socket, peer: bytes, command: bytes, body: bytes) -> None:
         try:
-            socket.send_multipart((peer, HEADER, command, body), zmq.NOBLOCK)
+            send_frames(socket, (peer, HEADER, command, body))
             self.sent += 1
         except zmq.ZMQError as error:
             reason = "unreachable" if error.errno == zmq.EHOSTUNREACH else "full"

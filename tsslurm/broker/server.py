@@ -21,7 +21,7 @@ import zmq
 
 from tsslurm.broker.config import BrokerConfig
 from tsslurm.broker.core import BrokerCore
-from tsslurm.broker.events import Event, EventHub, WorkerChange
+from tsslurm.broker.events import EventHub, WorkerChange
 from tsslurm.broker.logs import RateLimitedLog
 from tsslurm.broker.outbox import BatchingOutbox
 from tsslurm.broker.security import CurveGuard
@@ -65,7 +65,7 @@ class Broker:
         self._calls: deque[Callable[[float], None]] = deque()
         self._wake_lock = threading.Lock()
         self._woken, self._waker = self._wake_pair()
-        self.core.events.subscribe(_log_worker_change)
+        self.core.events.subscribe(_log_worker_change, WorkerChange)
         self.every("heartbeat", config.heartbeat_s, self.core.beat)
         self.every("authorized-keys", 2.0, lambda now: self.guard.reload())
         if store is not None:
@@ -284,8 +284,7 @@ _WORKER_CHANGE_WORDS = {"ready": "ready", "left": "disconnected", "lost": "lost"
                         "draining": "draining"}
 
 
-def _log_worker_change(event: Event) -> None:
-    if isinstance(event, WorkerChange):
-        log.info("worker %s %s%s (%s on %s)", event.worker_id,
-                 _WORKER_CHANGE_WORDS.get(event.change, event.change),
-                 f": {event.reason}" if event.reason else "", event.role, event.partition or "-")
+def _log_worker_change(event: WorkerChange) -> None:
+    log.info("worker %s %s%s (%s on %s)", event.worker_id,
+             _WORKER_CHANGE_WORDS.get(event.change, event.change),
+             f": {event.reason}" if event.reason else "", event.role, event.partition or "-")

@@ -16,11 +16,12 @@ import itertools
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
 import zmq
 
+from tsslurm.frames import send_frames
 from tsslurm.protocol import HEADER, Command, Disconnect, ProtocolError, WorkerStats, decode, encode
 from tsslurm.statedir import Keypair
 
@@ -59,15 +60,15 @@ class BrokerLink:
         self._thread.start()
 
     def ready(self, frames: list[bytes]) -> None:
-        self.outbox.send_multipart([READY, *frames])
+        send_frames(self.outbox, [READY, *frames])
 
     def send(self, frames: list[bytes]) -> None:
-        self.outbox.send_multipart(frames)
+        send_frames(self.outbox, frames)
 
     def close(self, timeout_s: float = 5.0) -> None:
         """Flush what the engine side sent, then end the thread and close the pipe."""
         if self._thread.is_alive():
-            self.outbox.send_multipart([STOP])
+            send_frames(self.outbox, [STOP])
             self._thread.join(timeout_s)
         self.outbox.close(linger=0)
 
@@ -105,7 +106,7 @@ class BrokerLink:
             elif frames[0] == STOP:
                 return False
             elif state.dealer is not None:
-                state.dealer.send_multipart(frames)
+                _to_broker(state.dealer, frames)
         return True
 
     def _from_broker(self, state: _LinkState) -> None:
@@ -118,7 +119,7 @@ class BrokerLink:
             if len(frames) == 3 and frames[1] == _DISCONNECT and not _is_fatal(frames):
                 log.warning("the broker asked this worker to register again")
                 messages.append([RESET])
-                state.dealer.send_multipart(state.ready)
+                _to_broker(state.dealer, state.ready)
                 continue
             messages.append(frames)
         if messages:
@@ -134,7 +135,7 @@ class BrokerLink:
             log.warning("no heartbeat from the broker for %.1f s: reconnecting", now - state.heard)
             self._connect(poller, state, reset=True)
         elif now >= state.next_beat:
-            state.dealer.send_multipart((HEADER, _HEARTBEAT, self.stats_body))
+            _to_broker(state.dealer, (HEADER, _HEARTBEAT, self.stats_body))
             state.next_beat = now + self._heartbeat_s
 
     def _connect(self, poller: zmq.Poller, state: _LinkState, reset: bool) -> None:
@@ -154,7 +155,7 @@ class BrokerLink:
             return
         state.dealer = _dealer(self.context, target)
         poller.register(state.dealer, zmq.POLLIN)
-        state.dealer.send_multipart(state.ready)
+        _to_broker(state.dealer, state.ready)
         state.heard = now
 
 
@@ -166,6 +167,15 @@ class _LinkState:
         self.ready: list[bytes] = []
         self.heard = time.monotonic()
         self.next_beat = time.monotonic()
+
+
+def _to_broker(dealer: zmq.Socket, frames: Sequence[bytes]) -> None:
+    """Never block the link: without a connection (a refused key, a broker gone) the message is
+    dropped; the broker re-routes what a silent worker held, and a reconnect follows."""
+    try:
+        send_frames(dealer, frames)
+    except zmq.Again:
+        pass
 
 
 def _dealer(context: zmq.Context, target: BrokerTarget) -> zmq.Socket:
