@@ -3,8 +3,8 @@ processes (a prefiller and a convertible decoder, each pinned to its own CPU) se
 local-tiny profile, requests through the client library.
 
 Phase 1, both workers up: requests take the disaggregated path (prefill on one engine, NIXL KV
-handoff, decode on the other). Phase 2, the prefiller drained away: the convertible decoder serves
-the same prompts whole (the converted/plain path). Both give exactly the tokens of a plain vLLM
+handoff, decode on the other). Phase 2, the prefiller killed outright (its engine process must not
+outlive it): the convertible decoder serves the same prompts whole (the converted/plain path). Both give exactly the tokens of a plain vLLM
 engine, and the decoder's own totals, logged when it stops, show that phase 1's prompt KV was
 pulled, not computed. Prefix caching is off so phase 2 recomputes every prompt."""
 
@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import psutil
 import pytest
 from vllm_helpers import PlainReference, random_prompts
 
@@ -83,6 +84,15 @@ class Deployment:
         path = self.root / f"{name}.log"
         return path.read_text(errors="replace") if path.exists() else ""
 
+    def kill(self, name: str) -> list[int]:
+        """SIGKILL a launcher; the pids of the engine processes it had started."""
+        process = self.processes[name]
+        children = [child.pid for child in psutil.Process(process.pid).children()
+                    if "EngineCore" in child.name()]
+        process.kill()
+        process.wait(10)
+        return children
+
     def stop(self, name: str, timeout_s: float = 60.0) -> int:
         self.processes[name].send_signal(signal.SIGTERM)
         return self.processes[name].wait(timeout_s)
@@ -145,9 +155,12 @@ def test_broker_and_launchers_serve_vllm_disaggregated_and_converted(
     try:
         handed_off = [client.generate(p, MAX_TOKENS, request_id=f"kv{i}").token_ids
                       for i, p in enumerate(PROMPTS)]
-        assert deployment.stop("p1") == 0
-        deployment.wait(lambda: deployment.last_change("p1") in ("disconnected", "lost"), 30,
-                        "the broker to drop p1")
+        engine_cores = deployment.kill("p1")
+        assert engine_cores, "the prefiller ran its engine in a child process"
+        deployment.wait(lambda: not any(psutil.pid_exists(pid) for pid in engine_cores), 20,
+                        "the killed prefiller's engine process to be stopped by its watchdog")
+        deployment.wait(lambda: deployment.last_change("p1") == "lost", 30,
+                        "the broker to drop the killed prefiller")
         converted = [client.generate(p, MAX_TOKENS, request_id=f"full{i}").token_ids
                      for i, p in enumerate(PROMPTS)]
     finally:

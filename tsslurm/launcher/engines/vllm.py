@@ -21,7 +21,6 @@ import contextlib
 import logging
 import os
 import shutil
-import socket
 import threading
 import time
 from collections.abc import AsyncIterator, Mapping, Sequence
@@ -31,7 +30,14 @@ from pathlib import Path
 from typing import Any
 
 from tsslurm.launcher.engines.base import EngineError, EngineInfo
+from tsslurm.launcher.engines.vllm_config import (
+    engine_args,
+    engine_env,
+    existing_model_dir,
+    kv_connector_config,
+)
 from tsslurm.launcher.engines.vllm_process import (
+    Watchdog,
     child_pids,
     environment,
     exit_status,
@@ -86,6 +92,7 @@ class VllmEngine:
         self.start_seconds = 0.0
         self._death: str | None = None
         self._in_flight: dict[str, None] = {}
+        self._watchdog: Watchdog | None = None
         self._connector = ""
         self.engine_pids: list[int] = []
         """The engine-core processes this engine started (children of this process)."""
@@ -95,11 +102,13 @@ class VllmEngine:
     async def start(self) -> EngineInfo:
         """Load the model and start the engine core; raises EngineError with the reason."""
         began = time.monotonic()
-        model_dir = _existing_model_dir(self.profile.model.path)
-        kv_config = self._kv_connector_config()
+        model_dir = existing_model_dir(self.profile.model.path)
+        kv_config = kv_connector_config(self.profile, self.kv_dir)
         self._connector = kv_config["kv_connector"]
-        env = self._engine_env(kv_config)
-        args = self._engine_args(model_dir, kv_config)
+        env = engine_env(kv_config, self.cpus, self.extra_env)
+        args = engine_args(self.profile, model_dir, kv_config)
+        if self._connector == "ExampleConnector":
+            self.kv_dir.mkdir(parents=True, exist_ok=True)
         self._llm = await asyncio.to_thread(self._spawn, args, env)
         self._capacity_tokens = _kv_capacity_tokens(self._llm)
         if kv_config["kv_connector"] == "ExampleConnector":
@@ -123,6 +132,8 @@ class VllmEngine:
             handler.cancel()
         await asyncio.to_thread(llm.shutdown)
         await asyncio.to_thread(reap, self.engine_pids)
+        if self._watchdog is not None:
+            await asyncio.to_thread(self._watchdog.stop)
         totals = self.counters
         log.info("vLLM engine stopped; prompt tokens: %d computed, %d from the local prefix cache, "
                  "%d pulled through the KV connector; %d tokens generated, %d requests finished",
@@ -175,57 +186,12 @@ class VllmEngine:
         stopped: `failed` says whether it died)."""
         return self._collector.worker_stats(self._capacity_tokens, time.monotonic())
 
-    # ---- configuration -----------------------------------------------------------------------
-
-    def _kv_connector_config(self) -> dict[str, Any]:
-        engine = self.profile.engine
-        if engine.kv_connector == "example":
-            return {"kv_connector": "ExampleConnector", "kv_role": "kv_both",
-                    "kv_connector_extra_config": {"shared_storage_path": str(self.kv_dir)}}
-        _check_nixl_dtype(engine.dtype)
-        return {"kv_connector": "NixlConnector", "kv_role": "kv_both",
-                "kv_buffer_device": "cpu" if _is_cpu_build() else "cuda"}
-
     @property
     def kv_dir(self) -> Path:
         """Where the ExampleConnector keeps KV files: under the deployment state directory."""
         return self.state_dir / "kv-example"
 
-    def _engine_env(self, kv_config: dict[str, Any]) -> dict[str, str]:
-        env = {"VLLM_ENABLE_V1_MULTIPROCESSING": "0"}
-        if self.cpus is not None:
-            env["OMP_NUM_THREADS"] = str(len(self.cpus))
-        if kv_config["kv_connector"] == "NixlConnector":
-            env.update(_nixl_side_channel(self.extra_env))
-        env.update(self.extra_env)
-        return env
-
-    def _engine_args(self, model_dir: Path, kv_config: dict[str, Any]) -> Any:
-        from vllm.config import KVTransferConfig
-        from vllm.engine.arg_utils import AsyncEngineArgs
-
-        model, engine = self.profile.model, self.profile.engine
-        if engine.kv_connector == "example":
-            self.kv_dir.mkdir(parents=True, exist_ok=True)
-        settings: dict[str, Any] = {
-            "model": str(model_dir),
-            "tokenizer": str(Path(model.tokenizer).expanduser()) if model.tokenizer else None,
-            "served_model_name": model.name,
-            "dtype": engine.dtype,
-            "tensor_parallel_size": model.tensor_parallel,
-            "max_model_len": model.max_context_tokens,
-            "kv_cache_memory_bytes": engine.kv_cache_bytes,
-            "enforce_eager": engine.enforce_eager,
-            "max_num_batched_tokens": engine.max_num_batched_tokens,
-            "kv_transfer_config": KVTransferConfig(**kv_config),
-            "disable_log_stats": True,
-        }
-        settings.update(engine.extra_args)
-        try:
-            return AsyncEngineArgs(**settings)
-        except TypeError as error:
-            raise EngineError(f"engine.extra_args: {error} (keys must be vLLM engine "
-                              f"arguments, e.g. max_num_seqs)") from None
+    # ---- starting ----------------------------------------------------------------------------
 
     def _spawn(self, args: Any, env: dict[str, str]) -> Any:
         """Build the AsyncLLM in a thread of its own; hold the environment only until the engine
@@ -247,7 +213,12 @@ class VllmEngine:
             while not building.done() and not child_pids() - before:
                 time.sleep(0.05)
             self.engine_pids = sorted(child_pids() - before)
-        llm = self._built(building)
+        self._watchdog = Watchdog(self.engine_pids)
+        try:
+            llm = self._built(building)
+        except EngineError:
+            self._watchdog.stop()
+            raise
         for pid in self.engine_pids:
             pin_process(pid, self.cpus or sorted(os.sched_getaffinity(0)))
         return llm
@@ -376,52 +347,9 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def _existing_model_dir(path: str) -> Path:
-    model_dir = Path(path).expanduser()
-    if not (model_dir / "config.json").is_file():
-        hint = " (build it with `tsslurm build-tiny-model`)" if "tiny" in model_dir.name else ""
-        raise EngineError(f"no model at {model_dir}: config.json is missing{hint}")
-    return model_dir
-
-
-def _check_nixl_dtype(dtype: str) -> None:
-    if _is_cpu_build() and dtype not in ("float32", "float"):
-        raise EngineError(f"engine.dtype {dtype!r} with the nixl connector on CPU: vLLM's bf16 "
-                          f"CPU kernels crash the decoder (SIGILL); set engine.dtype: float32")
-
-
-def _nixl_side_channel(env: Mapping[str, str]) -> dict[str, str]:
-    """The host and port a decoder uses to reach this engine's NIXL metadata: from the
-    environment when set, else this node's address and a free port."""
-    host = env.get("VLLM_NIXL_SIDE_CHANNEL_HOST") or os.environ.get(
-        "VLLM_NIXL_SIDE_CHANNEL_HOST") or _node_address()
-    port = env.get("VLLM_NIXL_SIDE_CHANNEL_PORT") or os.environ.get(
-        "VLLM_NIXL_SIDE_CHANNEL_PORT") or str(_free_port(host))
-    return {"VLLM_NIXL_SIDE_CHANNEL_HOST": host, "VLLM_NIXL_SIDE_CHANNEL_PORT": port}
-
-
-def _node_address() -> str:
-    try:
-        return socket.gethostbyname(socket.gethostname())
-    except OSError:
-        return "127.0.0.1"
-
-
-def _free_port(host: str) -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind((host, 0))
-        return probe.getsockname()[1]
-
-
 def _kv_capacity_tokens(llm: Any) -> int:
     cache = llm.vllm_config.cache_config
     return int((cache.num_gpu_blocks or 0) * cache.block_size)
-
-
-def _is_cpu_build() -> bool:
-    from vllm.platforms import current_platform
-
-    return current_platform.is_cpu()
 
 
 def _vllm_version() -> str:

@@ -1,11 +1,15 @@
 """The vLLM engine-core processes a VllmEngine starts: the environment they inherit at spawn,
-pinning them to CPUs, how they ended, and reaping them so none outlives its engine."""
+pinning them to CPUs, how they ended, and reaping them so none outlives its engine - not even
+when the launcher is killed outright (an orphaned engine core spins on a CPU forever), which a
+small watchdog process takes care of."""
 
 from __future__ import annotations
 
 import logging
 import os
 import signal
+import subprocess
+import sys
 from collections.abc import Mapping, Sequence
 
 from tsslurm.launcher.engines.base import EngineError
@@ -13,18 +17,67 @@ from tsslurm.launcher.engines.base import EngineError
 log = logging.getLogger(__name__)
 
 
+WATCHDOG_MARK = "tsslurm-engine-watchdog"
+_WATCHDOG = f"""# {WATCHDOG_MARK}
+import os, signal, sys
+def started(pid):
+    try:
+        with open(f"/proc/{{pid}}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[19]
+    except OSError:
+        return None
+sys.stdin.buffer.read()
+for target in sys.argv[1:]:
+    pid, start = target.split(":")
+    if started(int(pid)) == start:
+        os.kill(int(pid), signal.SIGKILL)
+"""
+"""Waits for EOF on stdin (the launcher closed it, or died); then kills each engine process that
+is still the one it was given (same start time, so a reused pid is never hit)."""
+
+
 def child_pids() -> set[int]:
-    """This process's children, but for multiprocessing's resource tracker (it serves them all)."""
+    """This process's children, but for multiprocessing's resource tracker (it serves them all)
+    and engine watchdogs."""
     import psutil
 
     pids = set()
     for child in psutil.Process().children():
         try:
-            if not any("resource_tracker" in part for part in child.cmdline()):
-                pids.add(child.pid)
+            command = " ".join(child.cmdline())
         except psutil.Error:
             continue
+        if "resource_tracker" not in command and WATCHDOG_MARK not in command:
+            pids.add(child.pid)
     return pids
+
+
+class Watchdog:
+    """Kills the engine processes if this process dies without shutting them down."""
+
+    def __init__(self, pids: Sequence[int]) -> None:
+        targets = [f"{pid}:{_start_time(pid)}" for pid in pids]
+        self.process = subprocess.Popen(
+            [sys.executable, "-c", _WATCHDOG, *targets], stdin=subprocess.PIPE,
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+
+    def stop(self) -> None:
+        """After the engine processes are gone: let the watchdog exit (it then kills nothing)."""
+        if self.process.stdin is not None:
+            self.process.stdin.close()
+        try:
+            self.process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+
+def _start_time(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[19]
+    except OSError:
+        return "gone"
 
 
 def exit_status(pid: int) -> str:
