@@ -328,8 +328,6 @@ class AsyncClient(_Base):
         super().__init__(endpoint, state_dir, credentials, timeout_s, reconnects, idle_s)
         self._context = zmq.asyncio.Context()
         self._sock = self._socket(self._context)
-        self._view = zmq.Socket.shadow(self._sock.underlying)
-        """The same socket, used synchronously on this thread (sends never wait)."""
         self._reader: asyncio.Task[None] | None = None
         self._pong: asyncio.Future[None] | None = None
         self._reconnect_lock = asyncio.Lock()
@@ -447,7 +445,6 @@ class AsyncClient(_Base):
                 self._reader.cancel()
             self._sock.close(linger=0)
             self._sock = self._socket(self._context)
-            self._view = zmq.Socket.shadow(self._sock.underlying)
             self.generation += 1
             self._ensure_reader()
             for call in list(self.calls.values()):
@@ -455,8 +452,10 @@ class AsyncClient(_Base):
                     await self._send(call.submission())
 
     async def _send(self, frames: list[bytes]) -> bool:
+        """Through the asyncio socket itself: a send on a plain view of it could swallow the
+        edge-triggered wake-up the reader waits for."""
         try:
-            send_frames(self._view, frames)
+            await self._sock.send_multipart(frames, flags=zmq.NOBLOCK)
             return True
         except zmq.Again:
             return False

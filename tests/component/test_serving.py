@@ -158,3 +158,28 @@ def test_streams_arrive_piece_by_piece(deployment) -> None:
         token_chunks = [c.token_ids for c in chunks if c.token_ids]
         assert [t for c in token_chunks for t in c] == mock_continuation([70, 80, 90], 15)
         assert len(token_chunks) > 3, "pieces as they come (a busy machine may merge a few)"
+
+
+def test_answers_wake_the_async_client_without_its_pings(deployment) -> None:
+    """Every answer must wake the reader at once; a lost wake-up would show as requests that
+    finish only when a ping (here: never within the timeout) stirs the socket."""
+    d = deployment()
+    d.start_broker()
+    d.start_worker("d1", "decode")
+
+    async def run() -> list:
+        client = d.client(timeout_s=20, idle_s=60)
+
+        async def lane(lane: int) -> list:
+            return [await client.generate([65 + lane, 65 + i], max_tokens=2) for i in range(5)]
+
+        try:
+            return await asyncio.gather(*(lane(n) for n in range(40)))
+        finally:
+            await client.close()
+
+    lanes = asyncio.run(run())
+    for n, results in enumerate(lanes):
+        assert [r.token_ids for r in results] == \
+            [mock_continuation([65 + n, 65 + i], 2) for i in range(5)]
+    assert max(r.latency_s for results in lanes for r in results) < 10
