@@ -395,9 +395,11 @@ class AsyncClient(_Base):
         """A request given up before its end (its task cancelled, its stream closed early): the
         broker aborts it on the engine. Sent at once, without awaiting: this runs while unwinding."""
         try:
-            send_frames(self._view, encode(Command.CANCEL, Cancel(request_id)))
+            sent = self._sock.send_multipart(encode(Command.CANCEL, Cancel(request_id)),
+                                             flags=zmq.NOBLOCK)
         except zmq.ZMQError:
-            pass
+            return
+        sent.add_done_callback(lambda done: done.cancelled() or done.exception())
 
     def _ensure_reader(self) -> None:
         if self._reader is None or self._reader.done():
