@@ -13,6 +13,7 @@ ClientError subclasses with a message, never a bare traceback."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator, Sequence
@@ -347,9 +348,10 @@ class AsyncClient(_Base):
                      timeout_s: float | None = None) -> AsyncIterator[StreamChunk]:
         call = self._new_call(prompt, max_tokens, sampling, True, request_id, timeout_s)
         chunker = _Chunker(self.tokenizer)
-        async for _ in self._run(call, timeout_s, wake_on_tokens=True):
-            if chunk := chunker.take(call):
-                yield chunk
+        async with contextlib.aclosing(self._run(call, timeout_s, wake_on_tokens=True)) as steps:
+            async for _ in steps:  # closing the stream early cancels the request at once
+                if chunk := chunker.take(call):
+                    yield chunk
         call.result(None)
         if tail := chunker.tail():
             yield tail
