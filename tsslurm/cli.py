@@ -112,6 +112,55 @@ def generate(prompt: str, max_tokens: int, stream: bool, state_dir: Path | None,
             click.echo(result.text if result.text is not None else result.token_ids)
 
 
+@cli.command("gateway")
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to listen on (localhost unless told otherwise)")
+@click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True,
+              help="0: any free port (gateway.json in the state directory names it)")
+@click.option("--state-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="The deployment's state directory (default: the profile's)")
+@click.option("--profile", "-p", default=None, help="Find the deployment by its profile")
+@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=600.0,
+              show_default=True, help="Seconds a request may take before it fails with 504")
+@click.option("--max-in-flight", type=click.IntRange(1), default=4096, show_default=True,
+              help="Requests served at once; more get 429")
+@click.option("--create-key", "key_name", metavar="NAME", default=None,
+              help="Create an API key named NAME, print it (shown once) and exit")
+@click.option("--log-level", default="warning", show_default=True)
+def gateway(host: str, port: int, state_dir: Path | None, profile: str | None, timeout: float,
+            max_in_flight: int, key_name: str | None, log_level: str) -> None:
+    """Serve the OpenAI API (/v1/completions, /v1/chat/completions, /v1/models) for a running
+    deployment. API keys live in the state directory's api_keys file; the first start makes one."""
+    import logging
+
+    from tsslurm.gateway.keys import create_key
+    from tsslurm.gateway.serve import GatewaySettings, Ready, serve_gateway
+
+    if state_dir is None:
+        from tsslurm.profile import load_profile
+        from tsslurm.profile import state_dir as profile_state_dir
+
+        state_dir = profile_state_dir(load_profile(profile or DEFAULT_PROFILE))
+    if key_name is not None:
+        from tsslurm.statedir import StateDir
+
+        click.echo(create_key(StateDir.open(state_dir).root, key_name))
+        return
+    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(name)s %(levelname)s "
+                                                        "%(message)s")
+
+    def ready(event: Ready) -> None:
+        if event.new_key is not None:
+            click.echo(f"created the deployment's first API key (shown once): {event.new_key}",
+                       err=True)
+        click.echo(f"gateway for {event.info.model} on {event.info.url}/v1 (pid {event.info.pid}, "
+                   f"chat template: {event.template})", err=True)
+
+    settings = GatewaySettings(state_dir=state_dir, request_timeout_s=timeout,
+                               max_in_flight=max_in_flight)
+    serve_gateway(settings, host, port, on_ready=ready, log_level=log_level)
+
+
 @cli.command("simulate")
 @click.option("--trace", "trace", required=True,
               help="Azure CSV, BurstGPT CSV or Mooncake JSONL (format detected); FILE,FILE mixes")
