@@ -213,11 +213,12 @@ class VllmEngine:
             while not building.done() and not child_pids() - before:
                 time.sleep(0.05)
             self.engine_pids = sorted(child_pids() - before)
-        self._watchdog = Watchdog(self.engine_pids)
+        self._watchdog = Watchdog(self.engine_pids) if self.engine_pids else None
         try:
             llm = self._built(building)
         except EngineError:
-            self._watchdog.stop()
+            if self._watchdog is not None:
+                self._watchdog.stop()
             raise
         for pid in self.engine_pids:
             pin_process(pid, self.cpus or sorted(os.sched_getaffinity(0)))
@@ -228,8 +229,8 @@ class VllmEngine:
             return building.result(timeout=self.start_timeout_s)
         except FutureTimeout:
             reap(self.engine_pids, timeout_s=0.0)
-            raise EngineError(f"the vLLM engine did not start within {self.start_timeout_s:.0f} s "
-                              f"(engine.start_timeout_s); its processes were stopped") from None
+            raise EngineError(f"the vLLM engine did not start within {self.start_timeout_s:.0f} s; "
+                              f"its process was stopped") from None
         except Exception as error:
             reap(self.engine_pids, timeout_s=5.0)
             raise EngineError(f"vLLM engine failed to start: {_describe(error)}") from error
