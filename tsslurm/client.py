@@ -13,7 +13,6 @@ ClientError subclasses with a message, never a bare traceback."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator, Sequence
@@ -85,15 +84,18 @@ class _Call:
 
     __slots__ = (
         "changed",
+        "deadline",
         "done",
         "error",
         "finish_reason",
         "finished_at",
         "first_at",
+        "heard",
         "messages",
         "prompt_tokens",
         "request",
         "started",
+        "timeout_s",
         "tokens",
     )
 
@@ -109,6 +111,10 @@ class _Call:
         self.messages = 0
         self.changed: asyncio.Event | None = None
         self.done: asyncio.Future[None] | None = None
+        self.timeout_s = request.deadline_s or 0.0
+        self.deadline = float("inf")
+        self.heard = time.monotonic()
+        """When the broker last said something about this request (the watchdog's clock)."""
 
     @property
     def finished(self) -> bool:
@@ -116,6 +122,7 @@ class _Call:
 
     def apply(self, delta: Any) -> None:
         self.messages += 1
+        self.heard = time.monotonic()
         skip = len(self.tokens) - delta.offset
         if delta.token_ids and skip < len(delta.token_ids):
             if self.first_at is None:
@@ -179,15 +186,15 @@ class _Base:
         if isinstance(prompt, str):
             ids = self.tokenizer.encode(prompt) if self.tokenizer else None
         else:
-            ids = list(prompt)
-            if ids and (min(ids) < 0 or max(ids) >= 1 << 31):
-                raise RequestError("bad_request", "prompt token ids must be in [0, 2**31)")
+            ids = prompt if isinstance(prompt, list) else list(prompt)
         request = GenerateRequest(
             request_id=request_id or uuid.uuid4().hex, max_tokens=max_tokens,
             prompt_token_ids=ids, prompt=None if ids is not None else str(prompt),
             sampling=sampling or Sampling(), stream=stream,
             deadline_s=timeout_s or self.timeout_s)
-        return _Call(request)
+        call = _Call(request)
+        call.deadline = time.monotonic() + self._patience(timeout_s)
+        return call
 
     def _patience(self, timeout_s: float | None) -> float:
         """The broker fails a request at its deadline with a clear error; the client gives up on
@@ -321,7 +328,11 @@ class Client(_Base):
 
 
 class AsyncClient(_Base):
-    """asyncio client: any number of concurrent requests over one socket."""
+    """asyncio client: any number of concurrent requests over one socket. One reader task takes
+    every message; one watchdog task pings the broker for requests that heard nothing for
+    `idle_s`, reconnects (re-submitting them) when it does not answer, and fails requests past
+    their deadline. A request given up early (its task cancelled, its stream closed) is
+    cancelled at the broker at once."""
 
     def __init__(self, endpoint: Endpoint | None = None, *, state_dir: str | Path | None = None,
                  credentials: str | Path | None = None, timeout_s: float = 600.0,
@@ -329,9 +340,9 @@ class AsyncClient(_Base):
         super().__init__(endpoint, state_dir, credentials, timeout_s, reconnects, idle_s)
         self._context = zmq.asyncio.Context()
         self._sock = self._socket(self._context)
-        self._reader: asyncio.Task[None] | None = None
+        self._tasks: list[asyncio.Task[None]] = []
         self._pong: asyncio.Future[None] | None = None
-        self._reconnect_lock = asyncio.Lock()
+        self._failures = 0
         self.generation = 0
 
     async def generate(self, prompt: str | Sequence[int], max_tokens: int = 128,
@@ -339,78 +350,59 @@ class AsyncClient(_Base):
                        timeout_s: float | None = None, stream: bool = True) -> GenerateResult:
         """`stream=True` has the broker stream tokens as they come (collected here)."""
         call = self._new_call(prompt, max_tokens, sampling, stream, request_id, timeout_s)
-        async for _ in self._run(call, timeout_s, wake_on_tokens=False):
-            pass
+        await self._start(call)
+        try:
+            await call.done  # type: ignore[misc]
+        finally:
+            self._end(call)
         return call.result(self.tokenizer)
 
     async def stream(self, prompt: str | Sequence[int], max_tokens: int = 128,
                      sampling: Sampling | None = None, *, request_id: str | None = None,
                      timeout_s: float | None = None) -> AsyncIterator[StreamChunk]:
         call = self._new_call(prompt, max_tokens, sampling, True, request_id, timeout_s)
+        call.changed = asyncio.Event()
         chunker = _Chunker(self.tokenizer)
-        async with contextlib.aclosing(self._run(call, timeout_s, wake_on_tokens=True)) as steps:
-            async for _ in steps:  # closing the stream early cancels the request at once
+        await self._start(call)
+        try:
+            while not call.finished:
+                await call.changed.wait()
+                call.changed.clear()
                 if chunk := chunker.take(call):
                     yield chunk
+            if chunk := chunker.take(call):
+                yield chunk
+        finally:  # closing the stream early cancels the request at once
+            self._end(call)
         call.result(None)
         if tail := chunker.tail():
             yield tail
 
-    async def _run(self, call: _Call, timeout_s: float | None,
-                   wake_on_tokens: bool) -> AsyncIterator[None]:
-        loop = asyncio.get_running_loop()
-        call.done = loop.create_future()
-        call.changed = asyncio.Event() if wake_on_tokens else None
-        request_id = call.request.request_id
-        self.calls[request_id] = call
-        self._ensure_reader()
-        deadline = loop.time() + self._patience(timeout_s)
-        failures = 0
-        try:
-            await self._send(call.submission())
-            while not call.finished:
-                wait = min(self.idle_s, deadline - loop.time())
-                if wait <= 0:
-                    await self._send(encode(Command.CANCEL, Cancel(request_id)))
-                    raise RequestTimeout(f"no complete answer within {timeout_s or self.timeout_s} s")
-                progress = len(call.tokens)
-                waiter = call.changed.wait() if call.changed else asyncio.shield(call.done)
-                try:
-                    await asyncio.wait_for(waiter, wait)
-                except TimeoutError:
-                    generation = self.generation
-                    if len(call.tokens) == progress and not call.finished \
-                            and not await self._alive():
-                        failures += 1
-                        if failures > self.reconnects:
-                            raise self._unreachable(call) from None
-                        await self._reconnect(generation)
-                if call.changed is not None:
-                    call.changed.clear()
-                    yield None
-        finally:
-            self.calls.pop(request_id, None)
-            if not call.finished:
-                self._abandon(request_id)
+    async def _start(self, call: _Call) -> None:
+        call.done = asyncio.get_running_loop().create_future()
+        self.calls[call.request.request_id] = call
+        if not self._tasks:
+            self._tasks = [asyncio.create_task(self._read()), asyncio.create_task(self._watch())]
+        await self._send(call.submission())
 
-    def _abandon(self, request_id: str) -> None:
-        """A request given up before its end (its task cancelled, its stream closed early): the
-        broker aborts it on the engine. Sent at once, without awaiting: this runs while unwinding."""
+    def _end(self, call: _Call) -> None:
+        """The caller is done with `call`: forget it, and cancel it at the broker unless it got
+        its whole answer (given up early, timed out here)."""
+        self.calls.pop(call.request.request_id, None)
+        if call.finish_reason is not None:
+            return
         try:
-            sent = self._sock.send_multipart(encode(Command.CANCEL, Cancel(request_id)),
+            sent = self._sock.send_multipart(encode(Command.CANCEL, Cancel(call.request.request_id)),
                                              flags=zmq.NOBLOCK)
         except zmq.ZMQError:
             return
         sent.add_done_callback(lambda done: done.cancelled() or done.exception())
 
-    def _ensure_reader(self) -> None:
-        if self._reader is None or self._reader.done():
-            self._reader = asyncio.create_task(self._read(self._sock))
-
-    async def _read(self, sock: zmq.asyncio.Socket) -> None:
+    async def _read(self) -> None:
         """Wait for a message, then take every other one already there without waiting."""
-        ready = zmq.Socket.shadow(sock.underlying)
         while True:
+            sock = self._sock
+            ready = zmq.Socket.shadow(sock.underlying)
             self._take(await sock.recv_multipart())
             while True:
                 try:
@@ -425,35 +417,72 @@ class AsyncClient(_Base):
                 self._pong.set_result(None)
             return
         for call in self._dispatch(frames):
-            if call.changed is not None:
-                call.changed.set()
-            if call.finished and call.done is not None and not call.done.done():
-                call.done.set_result(None)
+            self._wake(call)
+
+    @staticmethod
+    def _wake(call: _Call) -> None:
+        if call.changed is not None:
+            call.changed.set()
+        if call.finished and call.done is not None and not call.done.done():
+            call.done.set_result(None)
+
+    async def _watch(self) -> None:
+        while True:
+            await asyncio.sleep(min(1.0, self.idle_s / 2))
+            now = time.monotonic()
+            silent = []
+            for call in list(self.calls.values()):
+                if call.finished:
+                    continue
+                if now > call.deadline:
+                    call.error = RequestTimeout(f"no complete answer within {call.timeout_s} s")
+                    self._wake(call)
+                elif now - call.heard > self.idle_s:
+                    silent.append(call)
+            if silent:
+                await self._check_broker(silent)
+
+    async def _check_broker(self, silent: list[_Call]) -> None:
+        if await self._alive():
+            self._failures = 0
+            for call in silent:
+                call.heard = time.monotonic()
+            return
+        self._failures += 1
+        if self._failures <= self.reconnects:
+            await self._reconnect()
+            return
+        for call in silent:
+            call.error = self._unreachable(call)
+            self._wake(call)
+        self._failures = 0
 
     async def _alive(self) -> bool:
-        """Ping the broker (one ping shared by every request that wonders at the same time)."""
-        if self._pong is None or self._pong.done():
-            self._pong = asyncio.get_running_loop().create_future()
-            await self._send(encode(Command.PING, Ping(nonce=self.generation)))
+        """Ping the broker and wait up to idle_s for its answer."""
+        self._pong = asyncio.get_running_loop().create_future()
+        if not await self._send(encode(Command.PING, Ping(nonce=self.generation))):
+            await asyncio.sleep(self.idle_s)
+            return False
         try:
-            await asyncio.wait_for(asyncio.shield(self._pong), self.idle_s)
+            await asyncio.wait_for(self._pong, self.idle_s)
             return True
         except TimeoutError:
             return False
 
-    async def _reconnect(self, generation: int) -> None:
-        async with self._reconnect_lock:
-            if generation != self.generation:
-                return
-            if self._reader is not None:
-                self._reader.cancel()
-            self._sock.close(linger=0)
-            self._sock = self._socket(self._context)
-            self.generation += 1
-            self._ensure_reader()
-            for call in list(self.calls.values()):
-                if not call.finished:
-                    await self._send(call.submission())
+    async def _reconnect(self) -> None:
+        """A new socket (the connection file read again); every unfinished request re-submitted
+        with the tokens it holds, so answers continue where they stopped."""
+        reader = self._tasks[0]
+        reader.cancel()
+        await asyncio.gather(reader, return_exceptions=True)
+        self._sock.close(linger=0)
+        self._sock = self._socket(self._context)
+        self.generation += 1
+        self._tasks[0] = asyncio.create_task(self._read())
+        for call in list(self.calls.values()):
+            if not call.finished:
+                call.heard = time.monotonic()
+                await self._send(call.submission())
 
     async def _send(self, frames: list[bytes]) -> bool:
         """Through the asyncio socket itself: a send on a plain view of it could swallow the
@@ -465,9 +494,10 @@ class AsyncClient(_Base):
             return False
 
     async def close(self) -> None:
-        if self._reader is not None:
-            self._reader.cancel()
-            await asyncio.gather(self._reader, return_exceptions=True)
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks = []
         self._sock.close(linger=0)
         self._context.term()
 

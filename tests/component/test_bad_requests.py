@@ -85,6 +85,10 @@ def test_each_bad_request_gets_its_error_code(served) -> None:
             assert command is Command.ERROR, name
             assert isinstance(reply, ErrorReply)
             assert (reply.code, words in reply.message) == (code, True), (name, reply)
+            if len(frames) == 3 and frames[:2] == [HEADER, Command.SUBMIT.value] \
+                    and name != "wrong body type":
+                sent = msgspec.msgpack.decode(frames[2])["request_id"]
+                assert reply.request_id == sent, f"{name}: the error names the request"
     finally:
         context.destroy(linger=0)
     assert served.processes["broker"].poll() is None
@@ -123,3 +127,18 @@ def test_cancel_and_deadline(served) -> None:
     records = {r.request_id: r for r in served.records(2)}
     assert records["long"].outcome == "cancelled"
     assert any(r.outcome == "timeout" for r in records.values())
+
+
+def test_one_bad_request_fails_alone_among_many(served) -> None:
+    async def run() -> list:
+        client = served.client(timeout_s=30)
+        try:
+            good = [client.generate([70 + i], max_tokens=5) for i in range(10)]
+            return await asyncio.gather(client.generate([1, -1], max_tokens=5), *good,
+                                        return_exceptions=True)
+        finally:
+            await client.close()
+
+    bad, *good = asyncio.run(run())
+    assert isinstance(bad, RequestError) and bad.code == "bad_request"
+    assert [r.token_ids for r in good] == [mock_continuation([70 + i], 5) for i in range(10)]

@@ -4,13 +4,14 @@ soon as they are authorized; keys and files are private to their user."""
 
 from __future__ import annotations
 
+import asyncio
 import stat
 
 import msgspec
 import pytest
 import zmq
 
-from tsslurm.client import BrokerUnavailable, Client
+from tsslurm.client import AsyncClient, BrokerUnavailable, Client
 from tsslurm.launcher.engines.mock import mock_continuation
 from tsslurm.statedir import Credentials
 
@@ -60,6 +61,24 @@ def test_the_client_library_reports_a_refused_key_clearly(served) -> None:
     with pytest.raises(BrokerUnavailable, match="does not answer"), \
             Client(credentials=endpoint_file, idle_s=0.3, reconnects=1, timeout_s=10) as client:
         client.generate([65, 66], max_tokens=3)
+
+
+def test_the_async_client_reports_a_refused_key_clearly(served) -> None:
+    public, secret = zmq.curve_keypair()
+    endpoint_file = served.root / "stranger.json"
+    endpoint_file.write_bytes(msgspec.json.encode(Credentials(
+        connection=served.connection, client_public_key=public.decode(),
+        client_secret_key=secret.decode())))
+
+    async def attempt() -> None:
+        client = AsyncClient(credentials=endpoint_file, idle_s=0.4, reconnects=1, timeout_s=20)
+        try:
+            await client.generate([65, 66], max_tokens=3)
+        finally:
+            await client.close()
+
+    with pytest.raises(BrokerUnavailable, match="does not answer"):
+        asyncio.run(attempt())
 
 
 def test_a_key_authorized_while_the_broker_runs_is_accepted(served) -> None:

@@ -17,6 +17,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
+import msgspec
 import zmq
 
 from tsslurm.broker.config import BrokerConfig
@@ -211,7 +212,7 @@ class Broker:
             command, body = decode(frames[1:], max_bytes=self.config.max_message_bytes)
         except ProtocolError as error:
             code = "bad_request" if error.command is Command.SUBMIT else "protocol"
-            return self.core.reject(identity, None, code, str(error))
+            return self.core.reject(identity, _request_id_of(frames), code, str(error))
         if command is Command.SUBMIT:
             self.core.submit(identity, body, now)
         elif command is Command.CANCEL:
@@ -288,3 +289,21 @@ def _log_worker_change(event: WorkerChange) -> None:
     log.info("worker %s %s%s (%s on %s)", event.worker_id,
              _WORKER_CHANGE_WORDS.get(event.change, event.change),
              f": {event.reason}" if event.reason else "", event.role, event.partition or "-")
+
+
+class _RequestRef(msgspec.Struct):
+    request_id: str
+
+
+_request_ref = msgspec.msgpack.Decoder(_RequestRef)
+
+
+def _request_id_of(frames: list[bytes]) -> str | None:
+    """The request id of a SUBMIT or CANCEL whose body is otherwise bad, so the error reaches the
+    right request; None when even that cannot be read."""
+    if len(frames) != 4 or frames[2] not in (Command.SUBMIT.value, Command.CANCEL.value):
+        return None
+    try:
+        return _request_ref.decode(frames[3]).request_id
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        return None
