@@ -1,6 +1,7 @@
 """`/health`: is the broker reachable and can its workers serve? The client protocol has no status
 query, so readiness is shown the way a user would see it: a request was served. A request the
-gateway served in the last `fresh_s` proves it at no cost; otherwise a probe (one prompt token,
+gateway served in the last `fresh_s` (and no request failed since for want of the broker or a
+worker) proves it at no cost; otherwise a probe (one prompt token,
 one output token, greedy) goes through the broker with a short deadline. The broker answering
 with `timeout` means it is reachable but no worker served the probe; no answer at all means the
 broker is unreachable. One probe at a time, its result shared by concurrent callers and reused
@@ -48,6 +49,11 @@ class HealthCheck:
     def served(self) -> None:
         """A request completed: the deployment serves."""
         self._served_at = self._clock()
+
+    def failed(self) -> None:
+        """A request failed for want of the broker or a worker: earlier evidence no longer holds."""
+        self._served_at = float("-inf")
+        self._last = None
 
     async def check(self) -> Health:
         now = self._clock()

@@ -86,15 +86,15 @@ def _append(file: Path, line: str) -> None:
 
 
 class KeyChecker:
-    """Checks bearer keys against the file, re-reading it (at most every `recheck_s`) when its
-    modification time changes. A file that becomes unreadable or unsafe admits no one."""
+    """Checks bearer keys against the file, re-reading it (at most every `recheck_s`) when it
+    changes (contents or mode). A file that becomes unreadable or unsafe admits no one."""
 
     def __init__(self, file: Path, recheck_s: float = 1.0):
         self.file = file
         self.recheck_s = recheck_s
         self.problem: str | None = None
         self._digests: frozenset[str] = frozenset()
-        self._stamp: float | None = None
+        self._stamp: tuple[int, int, int] | None = None
         self._checked = float("-inf")
         self._reload()
 
@@ -112,7 +112,8 @@ class KeyChecker:
 
     def _reload(self) -> None:
         try:
-            stamp = self.file.stat().st_mtime_ns
+            status = self.file.stat()
+            stamp = (status.st_mtime_ns, status.st_ctime_ns, status.st_mode)
         except OSError:
             stamp = None
         if stamp == self._stamp and self.problem is None:

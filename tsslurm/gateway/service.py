@@ -33,7 +33,8 @@ class GatewaySettings(msgspec.Struct, frozen=True, kw_only=True):
     probe_timeout_s: float = 3.0
     client_idle_s: float = 2.0
     """Silence after which the client pings the broker (see tsslurm.client)."""
-    client_reconnects: int = 2
+    client_reconnects: int = 1
+    """Reconnections tried before a request fails with 503 (about 2 x client_idle_s each)."""
 
 
 class Gateway:

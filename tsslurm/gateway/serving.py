@@ -142,6 +142,8 @@ def _done(gateway: Gateway, endpoint: str, finished: Finished, started: float,
 
 def _refusal(gateway: Gateway, endpoint: str, error: Exception) -> list[Part]:
     problem = _problem(error)
+    if problem.status in (503, 504):
+        gateway.health.failed()
     gateway.metrics.answered(endpoint, problem.status)
     body = problem.json()
     headers = {"content-type": "application/json", "content-length": str(len(body)),
