@@ -9,10 +9,13 @@ torch: the head node has neither). "bytes" is the mock deployments' byte tokeniz
 from __future__ import annotations
 
 import random
+import re
 from pathlib import Path
 
 from tsslurm.errors import UserError
 from tsslurm.tokenizer import BYTES
+
+_BYTE_PIECE = re.compile(r"<0x[0-9A-Fa-f]{2}>")
 
 
 class CodecError(UserError):
@@ -22,11 +25,14 @@ class CodecError(UserError):
 class TextCodec:
     """What the gateway needs of a tokenizer. `token_bytes[id]` is the UTF-8 bytes token `id`
     contributes to decoded text (b"" for special tokens), or None when the tokenizer's decoder is
-    not a plain byte-level one."""
+    not a plain byte-level one. `byte_pieces` are the ids of sentencepiece byte-fallback tokens
+    (`<0xNN>`) and of special tokens (which decode to nothing, so they do not end a run): a run
+    of byte pieces decodes together, so its text is final only once the run ends."""
 
     spec: str
     vocab_size: int
     token_bytes: list[bytes] | None
+    byte_pieces: frozenset[int] = frozenset()
 
     def encode(self, text: str, *, add_special_tokens: bool = True) -> list[int]:
         raise NotImplementedError
@@ -65,6 +71,10 @@ class HuggingFaceCodec(TextCodec):
         self.vocab_size = self._tokenizer.get_vocab_size(with_added_tokens=True)
         table = _byte_level_table(self._tokenizer)
         self.token_bytes = table if table is not None and _agrees(self, table) else None
+        vocab = self._tokenizer.get_vocab(with_added_tokens=True)
+        special = {i for i, t in self._tokenizer.get_added_tokens_decoder().items() if t.special}
+        pieces = {i for token, i in vocab.items() if _BYTE_PIECE.fullmatch(token)}
+        self.byte_pieces = frozenset(pieces | special) if pieces else frozenset()
 
     def encode(self, text: str, *, add_special_tokens: bool = True) -> list[int]:
         return self._tokenizer.encode(text, add_special_tokens=add_special_tokens).ids

@@ -6,7 +6,9 @@ Pure: no I/O.
   an incremental UTF-8 decoder, so a push costs the new tokens only.
 - WindowDecoder (any other tokenizer): decodes a short window of recent tokens and releases what
   the window added; the window slides at each clean character boundary (so it stays a few tokens
-  long), and a trailing replacement character is held back until the bytes that complete it come.
+  long) and always begins with tokens that make text. A trailing replacement character is held back until the bytes that complete it come,
+  and so is the text of a trailing run of byte-fallback tokens (sentencepiece replaces every
+  byte of a run that is not valid UTF-8, so a run's text is final only once it ends).
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ class ByteTableDecoder:
 class WindowDecoder:
     def __init__(self, codec: TextCodec):
         self._decode = codec.decode
+        self._byte_pieces = codec.byte_pieces
         self._tokens: list[int] = []
         self._start = 0
         """First token of the window (earlier ones are fully released)."""
@@ -55,16 +58,38 @@ class WindowDecoder:
         """Characters of decode(window) already released."""
 
     def push(self, token_ids: list[int]) -> str:
-        self._tokens.extend(token_ids)
-        text = self._decode(self._tokens[self._start:])
-        if text.endswith(REPLACEMENT):
-            stable = len(text.rstrip(REPLACEMENT))
-            piece = text[self._released:stable] if stable > self._released else ""
-            self._released = max(self._released, stable)
-            return piece
+        tokens = self._tokens
+        tokens.extend(token_ids)
+        text = self._decode(tokens[self._start:])
+        run = self._open_run()
+        if run < len(tokens) or text.endswith(REPLACEMENT):
+            settled = self._decode(tokens[self._start:run]) if run < len(tokens) else text
+            return self._release_until(len(settled.rstrip(REPLACEMENT)), text)
         piece = text[self._released:]
-        self._start, self._read = self._read, len(self._tokens)
-        self._released = len(self._decode(self._tokens[self._start:self._read]))
+        self._slide(text)
+        return piece
+
+    def _slide(self, text: str) -> None:
+        """Start the window where the last one ended, unless those tokens make no text: a
+        window must begin with text (decoders strip a leading space of what they decode)."""
+        end = len(self._tokens)
+        context = self._decode(self._tokens[self._read:end])
+        if context:
+            self._start, self._released = self._read, len(context)
+        else:
+            self._released = len(text)
+        self._read = end
+
+    def _open_run(self) -> int:
+        """Where the trailing run of byte-fallback tokens begins (the end when there is none)."""
+        at = len(self._tokens)
+        while at > self._start and self._tokens[at - 1] in self._byte_pieces:
+            at -= 1
+        return at
+
+    def _release_until(self, stable: int, text: str) -> str:
+        piece = text[self._released:stable] if stable > self._released else ""
+        self._released = max(self._released, stable)
         return piece
 
     def flush(self) -> str:
