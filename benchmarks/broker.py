@@ -252,6 +252,7 @@ async def closed_loop(state: Path, jobs: list[tuple[list[int], int]], concurrenc
     began = time.perf_counter()
     await asyncio.gather(*(lane() for _ in range(concurrency)))
     elapsed = time.perf_counter() - began
+    counts["client_messages"] = client.received
     await client.close()
     return {key: value / elapsed for key, value in counts.items()} | {"seconds": elapsed}
 
@@ -438,6 +439,8 @@ def report(figures: dict[str, dict[str, float]]) -> str:
         ("streamed tokens/s (trace lengths)", f"{tok['tokens']:,.0f}"),
         ("  stream deltas/s at the client (one per request per iteration)",
          f"{tok['messages']:,.0f}"),
+        ("  messages/s the client received (one STREAM per decode iteration)",
+         f"{tok['client_messages']:,.0f}"),
         ("  broker messages/s in that phase", f"{tok['broker_messages_per_s']:,.0f}"),
         ("  requests/s in that phase", f"{tok['requests']:,.1f}"),
         ("broker CPU (share of one core): requests / tokens phase",

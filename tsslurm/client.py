@@ -345,6 +345,8 @@ class AsyncClient(_Base):
         self._pong: asyncio.Future[None] | None = None
         self._failures = 0
         self.generation = 0
+        self.received = 0
+        """Messages taken from the broker (every kind), for measurements."""
 
     async def generate(self, prompt: str | Sequence[int], max_tokens: int = 128,
                        sampling: Sampling | None = None, *, request_id: str | None = None,
@@ -405,6 +407,7 @@ class AsyncClient(_Base):
             _take_waiting(self._view, self._take)
 
     def _take(self, frames: list[bytes]) -> None:
+        self.received += 1
         if len(frames) == 3 and frames[1] == Command.PONG.value:
             if self._pong is not None and not self._pong.done():
                 self._pong.set_result(None)
