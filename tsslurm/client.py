@@ -15,13 +15,12 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple, Self
 
 import msgspec
 import zmq
-import zmq.asyncio
 
 from tsslurm.errors import UserError
 from tsslurm.frames import send_frames
@@ -328,20 +327,21 @@ class Client(_Base):
 
 
 class AsyncClient(_Base):
-    """asyncio client: any number of concurrent requests over one socket. One reader task takes
-    every message; one watchdog task pings the broker for requests that heard nothing for
-    `idle_s`, reconnects (re-submitting them) when it does not answer, and fails requests past
-    their deadline. A request given up early (its task cancelled, its stream closed) is
-    cancelled at the broker at once."""
+    """asyncio client: any number of concurrent requests over one socket. The event loop
+    watches the socket's descriptor and one function takes every message, in order (also right
+    after each send, which may consume the descriptor's edge-triggered wake-up); one watchdog task
+    pings the broker for requests that heard nothing for `idle_s`, reconnects (re-submitting
+    them) when it does not answer, and fails requests past their deadline. A request given up
+    early (its task cancelled, its stream closed) is cancelled at the broker at once."""
 
     def __init__(self, endpoint: Endpoint | None = None, *, state_dir: str | Path | None = None,
                  credentials: str | Path | None = None, timeout_s: float = 600.0,
                  reconnects: int = 3, idle_s: float = 5.0):
         super().__init__(endpoint, state_dir, credentials, timeout_s, reconnects, idle_s)
-        self._context = zmq.asyncio.Context()
+        self._context = zmq.Context()
         self._sock = self._socket(self._context)
-        self._view = zmq.Socket.shadow(self._sock.underlying)
-        self._tasks: list[asyncio.Task[None]] = []
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._watchdog: asyncio.Task[None] | None = None
         self._pong: asyncio.Future[None] | None = None
         self._failures = 0
         self.generation = 0
@@ -353,7 +353,7 @@ class AsyncClient(_Base):
                        timeout_s: float | None = None, stream: bool = True) -> GenerateResult:
         """`stream=True` has the broker stream tokens as they come (collected here)."""
         call = self._new_call(prompt, max_tokens, sampling, stream, request_id, timeout_s)
-        await self._start(call)
+        self._start(call)
         try:
             await call.done  # type: ignore[misc]
         finally:
@@ -366,7 +366,7 @@ class AsyncClient(_Base):
         call = self._new_call(prompt, max_tokens, sampling, True, request_id, timeout_s)
         call.changed = asyncio.Event()
         chunker = _Chunker(self.tokenizer)
-        await self._start(call)
+        self._start(call)
         try:
             while not call.finished:
                 await call.changed.wait()
@@ -381,30 +381,37 @@ class AsyncClient(_Base):
         if tail := chunker.tail():
             yield tail
 
-    async def _start(self, call: _Call) -> None:
-        call.done = asyncio.get_running_loop().create_future()
+    def _start(self, call: _Call) -> None:
+        if self._loop is None:
+            self._loop = asyncio.get_running_loop()
+            self._watch_socket()
+            self._watchdog = asyncio.create_task(self._watch())
+        call.done = self._loop.create_future()
         self.calls[call.request.request_id] = call
-        if not self._tasks:
-            self._tasks = [asyncio.create_task(self._read()), asyncio.create_task(self._watch())]
-        await self._send(call.submission())
+        self._send(call.submission())
 
     def _end(self, call: _Call) -> None:
         """The caller is done with `call`: forget it, and cancel it at the broker unless it got
         its whole answer (given up early, timed out here)."""
         self.calls.pop(call.request.request_id, None)
-        if call.finish_reason is not None:
-            return
-        try:
-            send_frames(self._view, encode(Command.CANCEL, Cancel(call.request.request_id)))
-        except zmq.ZMQError:
-            return
-        self._rouse()
+        if call.finish_reason is None:
+            self._send(encode(Command.CANCEL, Cancel(call.request.request_id)))
 
-    async def _read(self) -> None:
-        """Wait for a message, then take every other one already there without waiting."""
+    def _watch_socket(self) -> None:
+        assert self._loop is not None
+        self._loop.add_reader(self._sock.getsockopt(zmq.FD), self._take_all)
+        self._take_all()
+
+    def _take_all(self) -> None:
+        """Every message waiting, in order (until the socket says there is none: that also
+        re-arms its descriptor)."""
+        recv, take = self._sock.recv_multipart, self._take
         while True:
-            self._take(await self._sock.recv_multipart())
-            _take_waiting(self._view, self._take)
+            try:
+                frames = recv(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            take(frames)
 
     def _take(self, frames: list[bytes]) -> None:
         self.received += 1
@@ -421,6 +428,16 @@ class AsyncClient(_Base):
             call.changed.set()
         if call.finished and call.done is not None and not call.done.done():
             call.done.set_result(None)
+
+    def _send(self, frames: list[bytes]) -> bool:
+        """False when the broker is not connected (e.g. it refused this client's key)."""
+        try:
+            send_frames(self._sock, frames)
+        except zmq.Again:
+            return False
+        if self._sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+            self._take_all()
+        return True
 
     async def _watch(self) -> None:
         while True:
@@ -446,7 +463,7 @@ class AsyncClient(_Base):
             return
         self._failures += 1
         if self._failures <= self.reconnects:
-            await self._reconnect()
+            self._reconnect()
             return
         for call in silent:
             call.error = self._unreachable(call)
@@ -455,8 +472,9 @@ class AsyncClient(_Base):
 
     async def _alive(self) -> bool:
         """Ping the broker and wait up to idle_s for its answer."""
-        self._pong = asyncio.get_running_loop().create_future()
-        if not await self._send(encode(Command.PING, Ping(nonce=self.generation))):
+        assert self._loop is not None
+        self._pong = self._loop.create_future()
+        if not self._send(encode(Command.PING, Ping(nonce=self.generation))):
             await asyncio.sleep(self.idle_s)
             return False
         try:
@@ -465,44 +483,28 @@ class AsyncClient(_Base):
         except TimeoutError:
             return False
 
-    async def _reconnect(self) -> None:
+    def _reconnect(self) -> None:
         """A new socket (the connection file read again); every unfinished request re-submitted
         with the tokens it holds, so answers continue where they stopped."""
-        reader = self._tasks[0]
-        reader.cancel()
-        await asyncio.gather(reader, return_exceptions=True)
-        self._sock.close(linger=0)
+        self._close_socket()
         self._sock = self._socket(self._context)
-        self._view = zmq.Socket.shadow(self._sock.underlying)
         self.generation += 1
-        self._tasks[0] = asyncio.create_task(self._read())
+        self._watch_socket()
         for call in list(self.calls.values()):
             if not call.finished:
                 call.heard = time.monotonic()
-                await self._send(call.submission())
+                self._send(call.submission())
 
-    async def _send(self, frames: list[bytes]) -> bool:
-        """On a plain view of the socket (the asyncio socket's own send costs several times
-        more), then `_rouse`."""
-        try:
-            send_frames(self._view, frames)
-        except zmq.Again:
-            return False
-        self._rouse()
-        return True
-
-    def _rouse(self) -> None:
-        """ZeroMQ's descriptor is edge-triggered: an operation on the plain view may take the
-        wake-up the reader waits for. Whatever that operation found waiting is taken now."""
-        if self._view.getsockopt(zmq.EVENTS) & zmq.POLLIN:
-            _take_waiting(self._view, self._take)
+    def _close_socket(self) -> None:
+        if self._loop is not None:
+            self._loop.remove_reader(self._sock.getsockopt(zmq.FD))
+        self._sock.close(linger=0)
 
     async def close(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        self._tasks = []
-        self._sock.close(linger=0)
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            await asyncio.gather(self._watchdog, return_exceptions=True)
+        self._close_socket()
         self._context.term()
 
     async def __aenter__(self) -> Self:
@@ -510,12 +512,3 @@ class AsyncClient(_Base):
 
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
-
-
-def _take_waiting(socket: zmq.Socket, take: Callable[[list[bytes]], None]) -> None:
-    while True:
-        try:
-            frames = socket.recv_multipart(zmq.NOBLOCK)
-        except zmq.Again:
-            return
-        take(frames)

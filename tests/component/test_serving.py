@@ -183,3 +183,31 @@ def test_answers_wake_the_async_client_without_its_pings(deployment) -> None:
         assert [r.token_ids for r in results] == \
             [mock_continuation([65 + n, 65 + i], 2) for i in range(5)]
     assert max(r.latency_s for results in lanes for r in results) < 10
+
+
+def test_sends_and_streams_interleaved_keep_every_answer_whole(deployment) -> None:
+    """Lanes submit new requests while others stream: the client takes every message in order,
+    so no answer finishes early or with a gap."""
+    d = deployment()
+    d.start_broker()
+    d.start_worker("p1", "prefill")
+    d.start_worker("d1", "decode")
+    d.start_worker("d2", "decode")
+    rng = random.Random(21)
+    plans = [[([rng.randrange(32, 127) for _ in range(rng.randrange(5, 80))],
+               rng.randrange(10, 40)) for _ in range(8)] for _ in range(48)]
+
+    async def run() -> list:
+        client = d.client(timeout_s=60)
+
+        async def lane(plan: list) -> list:
+            return [await client.generate(prompt, n) for prompt, n in plan]
+
+        try:
+            return await asyncio.gather(*(lane(plan) for plan in plans))
+        finally:
+            await client.close()
+
+    for plan, results in zip(plans, asyncio.run(run())):
+        for (prompt, n), result in zip(plan, results):
+            assert result.token_ids == mock_continuation(prompt, n)
