@@ -24,12 +24,22 @@ def _totals(targets: dict[str, dict[str, int]]) -> dict[str, int]:
     return {role: sum(parts.values()) for role, parts in targets.items()}
 
 
+def _prefillers(tokens_per_s: float, params: TokenScaleParams = TokenScaleParams()) -> int:
+    """Square-root staffing of an input-token load: a + beta sqrt(a) prefillers."""
+    offered = tokens_per_s / (params.prefill_utilisation * V_P)
+    return math.ceil(offered + params.prefill_safety * math.sqrt(offered))
+
+
+def _decoding(tokens_per_s: float, burst: float = 1.0, v_d: float = V_D_11,
+              params: TokenScaleParams = TokenScaleParams()) -> int:
+    load = tokens_per_s / (params.decode_utilisation * v_d)
+    return max(math.ceil(load), math.ceil(params.decode_burst * burst * load))
+
+
 def test_pool_sizes_follow_the_token_velocity_formulas() -> None:
-    params = TokenScaleParams()
-    decision = decide(snapshot(token_rates=rates(20_000.0, 4_000.0)), params, {})
-    i_p = math.ceil(20_000 / (params.prefill_utilisation * V_P))
-    i_d = math.ceil(24_000 / (params.decode_utilisation * V_D_11))
-    assert _totals(decision.targets) == {"prefill": i_p, "decode": i_d, "convertible": 0}
+    decision = decide(snapshot(token_rates=rates(20_000.0, 4_000.0)), TokenScaleParams(), {})
+    assert _totals(decision.targets) == {"prefill": _prefillers(20_000), "decode": _decoding(24_000),
+                                         "convertible": 0}
 
 
 def test_kv_in_use_sets_a_floor_under_decoders() -> None:
@@ -38,16 +48,18 @@ def test_kv_in_use_sets_a_floor_under_decoders() -> None:
     assert _totals(decision.targets)["decode"] == math.ceil(400_000 / (0.9 * 160_000))
 
 
-def test_a_burst_fills_convertibles_then_prefillers_and_is_remembered() -> None:
+def test_a_burst_fills_convertibles_then_prefillers() -> None:
     params = TokenScaleParams()
     burst = _totals(decide(snapshot(1000.0, token_rates=rates(20_000.0, 60_000.0, short=3.0)),
                            params, {}).targets)
-    base_p = math.ceil(20_000 / (params.prefill_utilisation * V_P))
-    decoding = math.ceil(80_000 / (params.decode_utilisation * V_D_11))
-    excess = 3.0 * 20_000 - base_p * V_P
-    convertible = min(decoding - 1, math.ceil(excess / (params.convertible_prefill_share * V_P)))
-    extra = math.ceil((excess - convertible * params.convertible_prefill_share * V_P) / V_P)
-    assert burst == {"prefill": base_p + extra, "decode": decoding - convertible,
+    base = _prefillers(20_000)
+    decoding = _decoding(80_000, burst=3.0)
+    per_convertible = params.convertible_prefill_share * V_P
+    excess = max(0.0, 3.0 * 20_000 - base * V_P)
+    convertible = min(decoding - 1, math.ceil(excess / per_convertible))
+    extra = math.ceil(max(0.0, excess - convertible * per_convertible) / V_P)
+    assert convertible > 0
+    assert burst == {"prefill": base + extra, "decode": decoding - convertible,
                      "convertible": convertible}
 
 
@@ -64,18 +76,20 @@ def test_the_burst_ratio_is_remembered_for_its_memory_only() -> None:
 
 
 def test_at_the_decode_minimum_a_burst_adds_prefillers() -> None:
-    decision = decide(snapshot(token_rates=rates(12_000.0, short=5.0)), TokenScaleParams(), {})
-    totals = _totals(decision.targets)
-    assert totals == {"prefill": math.ceil(5 * 12_000 / V_P), "decode": 1, "convertible": 0}
+    v_d = 48_341.0  # the (short input, short output) cell
+    snap = snapshot(token_rates=rates(12_000.0, short=5.0, cell=(0, 0)))
+    totals = _totals(decide(snap, TokenScaleParams(), {}).targets)
+    base = _prefillers(12_000)
+    assert _decoding(12_000, burst=5.0, v_d=v_d) == 1
+    assert totals == {"prefill": base + math.ceil((5 * 12_000 - base * V_P) / V_P), "decode": 1,
+                      "convertible": 0}
 
 
 def test_convertibles_count_towards_decode() -> None:
-    params = TokenScaleParams()
-    calm = _totals(decide(snapshot(token_rates=rates(20_000.0, 60_000.0)), params, {}).targets)
-    burst = _totals(decide(snapshot(token_rates=rates(20_000.0, 60_000.0, short=2.0)),
-                           params, {}).targets)
+    burst = _totals(decide(snapshot(token_rates=rates(20_000.0, 60_000.0, short=3.0)),
+                           TokenScaleParams(), {}).targets)
     assert burst["convertible"] > 0
-    assert burst["decode"] + burst["convertible"] == calm["decode"]
+    assert burst["decode"] + burst["convertible"] == _decoding(80_000, burst=3.0)
 
 
 def test_a_rising_rate_is_met_one_start_up_ahead() -> None:
@@ -85,8 +99,7 @@ def test_a_rising_rate_is_met_one_start_up_ahead() -> None:
     base = _totals(decide(snapshot(token_rates=flat), params, {}).targets)["prefill"]
     ahead = _totals(decide(snapshot(token_rates=rising), params, {}).targets)["prefill"]
     slope = (60_000.0 - 40_000.0) / 120.0
-    expected = 60_000.0 + slope * (120.0 + 30.0)
-    assert ahead == math.ceil(expected / (params.prefill_utilisation * V_P)) > base
+    assert ahead == _prefillers(60_000.0 + slope * (120.0 + 30.0)) > base
 
 
 def test_backlogs_add_capacity_to_clear_them() -> None:
@@ -96,34 +109,49 @@ def test_backlogs_add_capacity_to_clear_them() -> None:
                     decode_kv_used_tokens=100_000)
     backed = _totals(decide(snapshot(token_rates=rates(20_000.0, 4_000.0), load=load), params,
                             {}).targets)
-    assert backed["prefill"] == math.ceil((20_000 + 600_000 / params.backlog_clear_s)
-                                          / (params.prefill_utilisation * V_P))
-    decode_rate = 24_000 / (params.decode_utilisation * V_D_11)
+    assert backed["prefill"] == _prefillers(20_000 + 600_000 / params.backlog_clear_s)
     factor = 1 + 800_000 / (params.backlog_clear_s * 24_000)
+    decode_rate = 24_000 / (params.decode_utilisation * V_D_11)
     assert backed["decode"] + backed["convertible"] == math.ceil(decode_rate * factor) > calm["decode"]
+
+
+def test_a_burst_pool_is_kept_only_where_start_up_is_slow() -> None:
+    params = TokenScaleParams()
+    calm = rates(20_000.0, 60_000.0)
+    totals = {}
+    for startup in (5.0, 120.0):
+        part = partition(queue_wait_s=startup / 2, model_load_s=startup / 2)
+        burst = decide(snapshot(1000.0, partitions=[part],
+                                token_rates=rates(20_000.0, 60_000.0, short=3.0)), params, {})
+        after = decide(snapshot(1100.0, partitions=[part], token_rates=calm), params, burst.state)
+        totals[startup] = sum(_totals(after.targets).values())
+    base = sum(_totals(decide(snapshot(token_rates=calm), params, {}).targets).values())
+    assert totals[5.0] == base < totals[120.0]
 
 
 def test_a_lull_releases_capacity_only_after_the_hold() -> None:
     runner = PolicyRunner("tokenscale")
-    busy = {"prefill": {"a100": running(ready=3)}, "decode": {"a100": running(ready=2)}}
+    busy_p, busy_d = _prefillers(20_000), _decoding(24_000)
+    busy = {"prefill": {"a100": running(ready=busy_p)}, "decode": {"a100": running(ready=busy_d)}}
     step = runner.step(snapshot(0.0, counts=busy, token_rates=rates(20_000.0, 4_000.0)))
     assert step.actions == []
     quiet = rates(0.0)
     held = runner.step(snapshot(60.0, counts=busy, token_rates=quiet))
-    assert held.actions == [] and _totals(held.decision.targets)["prefill"] == 3
+    assert held.actions == [] and _totals(held.decision.targets)["prefill"] == busy_p
     hold = TokenScaleParams().hold_factor * snapshot().partitions[0].startup_s
     assert runner.step(snapshot(hold - 1.0, counts=busy, token_rates=quiet)).actions == []
     released = runner.step(snapshot(hold + 1.0, counts=busy, token_rates=quiet))
     drained = [a for a in released.actions if isinstance(a, Drain)]
-    assert len(drained) == 3  # 3 -> 1 prefill, 2 -> 1 decode: drained, never cancelled
+    assert len(drained) == (busy_p - 1) + (busy_d - 1)  # down to the minimums, drained
     assert not any(isinstance(a, Cancel) for a in released.actions)
 
 
 def test_pending_jobs_covering_the_target_are_not_submitted_twice() -> None:
     runner = PolicyRunner("tokenscale")
-    counts = {"prefill": {"a100": running(ready=1, pending=2)}, "decode": {"a100": running(starting=2)}}
+    counts = {"prefill": {"a100": running(ready=1, pending=_prefillers(20_000) - 1)},
+              "decode": {"a100": running(starting=_decoding(24_000))}}
     step = runner.step(snapshot(counts=counts, token_rates=rates(20_000.0, 4_000.0)))
-    assert not any(isinstance(a, Submit) for a in step.actions)
+    assert step.actions == []
 
 
 def test_a_stale_view_holds_still() -> None:
@@ -143,7 +171,8 @@ def test_new_capacity_avoids_an_unavailable_partition() -> None:
 
 def test_a_job_near_its_time_limit_is_replaced() -> None:
     runner = PolicyRunner("tokenscale")
-    counts = {"prefill": {"a100": running(ready=3)}, "decode": {"a100": running(ready=2)}}
+    counts = {"prefill": {"a100": running(ready=_prefillers(20_000))},
+              "decode": {"a100": running(ready=_decoding(24_000))}}
     step = runner.step(snapshot(counts=counts, token_rates=rates(20_000.0, 4_000.0),
                                 ends_in={"prefill-a100-ready-1": 100.0}))
     assert step.actions == [Submit("prefill", "a100", 1, step.actions[0].reason)]

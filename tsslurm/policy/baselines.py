@@ -56,7 +56,8 @@ class AibrixParams(_Params):
     """Scale-down cooldown."""
 
 
-@register("aibrix", AibrixParams, knob="kv_target", knob_values=(0.5, 0.6, 0.7, 0.8, 0.9))
+@register("aibrix", AibrixParams, knob="prefill_concurrency",
+          knob_values=(0.5, 1.0, 2.0, 4.0, 8.0))
 def aibrix(snapshot: Snapshot, params: AibrixParams, state: dict[str, Any]) -> Decision:
     load = snapshot.load
     prefill = _kpa(snapshot.count("prefill", "ready"), snapshot.count("prefill"),
@@ -97,7 +98,7 @@ class BlitzParams(RateParams):
     """Live scaling makes capacity cheap to get back, so it is let go almost at once."""
 
 
-RATE_KNOB = (0.5, 0.6, 0.7, 0.8, 0.9, 1.0, 1.2)
+RATE_KNOB = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.8, 1.0)
 
 
 @register("distserve", RateParams, knob="utilisation", knob_values=RATE_KNOB)
@@ -148,7 +149,7 @@ class HeteroScaleParams(_Params):
 
 
 @register("heteroscale", HeteroScaleParams, knob="target_fraction",
-          knob_values=(0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0))
+          knob_values=(0.1, 0.2, 0.3, 0.5, 0.7, 1.0))
 def heteroscale(snapshot: Snapshot, params: HeteroScaleParams, state: dict[str, Any]) -> Decision:
     part = reference_partition(snapshot, "decode")
     v_d = _reference_vd(snapshot, part, params.ref_input_tokens, params.ref_output_tokens)
@@ -168,12 +169,16 @@ class DynamoParams(_Params):
     """Adjustment interval: the planner decides once per interval."""
     itl_ms: Positive | None = None
     """Inter-token latency target (None: the profile's TPOT SLO)."""
+    utilisation: Positive = 1.0
+    """Share of the profiled per-engine throughput planned (Dynamo plans at 1.0; lower values
+    add headroom so a sweep traces its cost-SLO curve)."""
     level_smoothing: Fraction = 0.5
     trend_smoothing: Fraction = 0.3
     hold_s: NonNegative = 0.0
 
 
-@register("dynamo", DynamoParams, knob="itl_ms", knob_values=(25.0, 40.0, 60.0, 80.0, 100.0))
+@register("dynamo", DynamoParams, knob="utilisation",
+          knob_values=(0.2, 0.3, 0.4, 0.5, 0.7, 1.0))
 def dynamo(snapshot: Snapshot, params: DynamoParams, state: dict[str, Any]) -> Decision:
     last = state.get("decided_at")
     if last is not None and snapshot.now - last < params.interval_s:
@@ -184,7 +189,7 @@ def dynamo(snapshot: Snapshot, params: DynamoParams, state: dict[str, Any]) -> D
                               rates.predicted_output_tokens_per_s)
     forecasts = {k: _holt(state.get(k), v, params) for k, v in observed.items()}
     rate, isl, osl = (max(0.0, f[0] + f[1]) for f in forecasts.values())
-    prefill = _dynamo_prefill(snapshot, rate, isl)
+    prefill = _dynamo_prefill(snapshot, rate, isl, params.utilisation)
     decode = _dynamo_decode(snapshot, params, rate, isl, osl)
     new_state = {**forecasts, "decided_at": snapshot.now, "prefill": prefill, "decode": decode}
     return _decision(snapshot, prefill, decode,
@@ -208,14 +213,14 @@ def _holt(previous: list[float] | None, value: float, params: DynamoParams) -> l
     return [new_level, new_trend]
 
 
-def _dynamo_prefill(snapshot: Snapshot, rate: float, isl: float) -> int:
+def _dynamo_prefill(snapshot: Snapshot, rate: float, isl: float, utilisation: float) -> int:
     part = reference_partition(snapshot, "prefill")
     expected_ms = 1000.0 * (part.velocities.prefill_overhead_ms / 1000.0
                             + isl / part.velocities.prefill_tokens_per_s)
     observed_ms = snapshot.load.ttft_p90_ms
     correction = observed_ms / expected_ms if observed_ms and expected_ms > 0 else 1.0
     demand = rate * isl * min(1.0, correction)
-    return math.ceil(demand / prefill_velocity(part) - 1e-9)
+    return math.ceil(demand / (utilisation * prefill_velocity(part)) - 1e-9)
 
 
 def _dynamo_decode(snapshot: Snapshot, params: DynamoParams, rate: float, isl: float,
@@ -230,7 +235,7 @@ def _dynamo_decode(snapshot: Snapshot, params: DynamoParams, rate: float, isl: f
     observed_ms = snapshot.load.tpot_p90_ms
     correction = observed_ms / (1000.0 * expected_s) if observed_ms and batch >= 1 else 1.0
     per_decoder = _best_decode_throughput(part, target_s / correction, context, isl + osl)
-    return math.ceil(rate * osl / per_decoder - 1e-9)
+    return math.ceil(rate * osl / (params.utilisation * per_decoder) - 1e-9)
 
 
 def _best_decode_throughput(part: PartitionView, itl_s: float, context: float,

@@ -36,8 +36,8 @@ BURST_FLOOR_SHARE = 0.1
 
 
 class TokenScaleParams(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    prefill_utilisation: Fraction = 0.8
-    """u_P: the share of min(V_P, V_N) a prefiller is planned at (queueing keeps TTFT)."""
+    prefill_utilisation: Fraction = 1.0
+    """u_P: the share of v_P a prefiller is planned at before the staffing margin."""
     decode_utilisation: Fraction = 0.9
     """u_D: the share of V_D a decoder is planned at (V_D already keeps TPOT with headroom)."""
     kv_target: Fraction = 0.9
@@ -46,12 +46,16 @@ class TokenScaleParams(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """s_C: the share of V_P a convertible gives to a burst's prefills."""
     burst_memory_s: Annotated[float, Meta(gt=0)] = 1800.0
     """How long an observed burst ratio is remembered."""
-    burst_quantile: Fraction = 0.98
+    burst_quantile: Fraction = 0.99
     """R covers this share of the requests seen over burst_memory_s (request-weighted)."""
     burst_utilisation: Fraction = 1.0
     """The share of v_P prefillers and convertibles are planned at during a burst."""
     trend_lead: Annotated[float, Meta(ge=0)] = 1.0
     """How many start-ups ahead a rising input rate is extrapolated (0: no extrapolation)."""
+    prefill_safety: Annotated[float, Meta(ge=0)] = 1.0
+    """beta of the square-root staffing of the base prefill pool."""
+    decode_burst: Annotated[float, Meta(ge=0, le=1)] = 0.5
+    """Decoders hold decode_burst x R x the trend's decode load (a burst's KV stays a while)."""
     backlog_clear_s: Annotated[float, Meta(gt=0)] = 30.0
     """Prefill capacity is added to clear the tokens waiting for prefill within this long."""
     hold_s: Annotated[float, Meta(ge=0)] | None = None
@@ -67,14 +71,18 @@ def decide(snapshot: Snapshot, params: TokenScaleParams, state: dict[str, Any]) 
     prefill_part = reference_partition(snapshot, "prefill")
     decode_part = reference_partition(snapshot, "decode")
     v_p = prefill_velocity(prefill_part)
-    burst, samples = burst_ratio(state, snapshot.now, short, long, v_p, params)
+    trend = burst_reference(snapshot.rates, prefill_part.startup_s)
+    burst, samples = burst_ratio(state, snapshot.now, short, trend, v_p, params)
     base_in = max(long.input_tokens_per_s,
                   rising_rate(mid, long, prefill_part.startup_s * params.trend_lead))
     backlog_in = snapshot.load.prefill_queued_tokens / params.backlog_clear_s
-    i_p = math.ceil((base_in + backlog_in) / (params.prefill_utilisation * v_p) - 1e-9)
+    i_p = staffed((base_in + backlog_in) / (params.prefill_utilisation * v_p),
+                  params.prefill_safety)
     i_d = max(decode_with_backlog(snapshot, (mid, long), decode_part, params),
-              kv_instances(snapshot, decode_part, params.kv_target))
-    peak_in = max(short.input_tokens_per_s, burst * long.input_tokens_per_s)
+              kv_instances(snapshot, decode_part, params.kv_target),
+              math.ceil(params.decode_burst * burst
+                        * decode_load(trend, decode_part, params.decode_utilisation) - 1e-9))
+    peak_in = max(short.input_tokens_per_s, burst * trend.input_tokens_per_s)
     prefill, convertible, decode = burst_pools(peak_in, i_p, i_d, snapshot.bounds.decode.min,
                                                prefill_part, params)
     totals = {"prefill": prefill, "decode": decode, "convertible": convertible}
@@ -85,6 +93,12 @@ def decide(snapshot: Snapshot, params: TokenScaleParams, state: dict[str, Any]) 
         f"convertible, {prefill - i_p} more prefill",
     ]
     return Decision(placed(snapshot, totals), reasons, {"burst_samples": samples})
+
+
+def staffed(offered: float, safety: float) -> int:
+    """Instances for an offered load (in instances' worth of work): load + safety x sqrt(load),
+    the square-root staffing rule, so random arrivals queue as little at 1 instance as at 20."""
+    return math.ceil(offered + safety * math.sqrt(max(0.0, offered)) - 1e-9)
 
 
 def windows(rates: list[TokenRates]) -> tuple[TokenRates, TokenRates, TokenRates]:
@@ -139,14 +153,21 @@ def kv_instances(snapshot: Snapshot, part: PartitionView, kv_target: float) -> i
     return math.ceil(used / (kv_target * part.velocities.kv_capacity_tokens) - 1e-9)
 
 
-def burst_ratio(state: dict[str, Any], now: float, short: TokenRates, long: TokenRates,
+def burst_reference(rates: list[TokenRates], startup_s: float) -> TokenRates:
+    """The rate a burst is measured against: the shortest window at least one start-up long.
+    Capacity follows that window in time, so only bursts shorter than a start-up need a pool
+    (with a 5-s start-up, none; with minutes of queue wait, the 300-s trend)."""
+    return next((r for r in rates if r.window_s >= startup_s), rates[-1])
+
+
+def burst_ratio(state: dict[str, Any], now: float, short: TokenRates, trend: TokenRates,
                 v_p: float, params: TokenScaleParams) -> tuple[float, list[list[float]]]:
-    """R: the request-weighted burst_quantile of the short/long input-rate ratios sampled every
+    """R: the request-weighted burst_quantile of the short/trend input-rate ratios sampled every
     BURST_SAMPLE_S over the last burst_memory_s, and the samples to remember. Weighting by the
     requests that arrived at each ratio makes R cover that share of requests, which is what SLO
     attainment counts (bursts are rare in time but dense in requests)."""
     floor = BURST_FLOOR_SHARE * v_p
-    current = short.input_tokens_per_s / max(long.input_tokens_per_s, floor)
+    current = short.input_tokens_per_s / max(trend.input_tokens_per_s, floor)
     samples = [s for s in state.get("burst_samples", []) if s[0] > now - params.burst_memory_s]
     if not samples or now - samples[-1][0] >= BURST_SAMPLE_S:
         samples.append([now, current, short.requests_per_s])
