@@ -13,7 +13,8 @@ Workload: the Azure conversation trace's input and output lengths (../shared/tra
    decode iteration; tokens and messages counted at the client.
 4. added latency at a fixed offered load of 500 requests/s (Poisson arrivals, 1 output token):
    end-to-end latency through the broker (client -> broker -> decoder -> broker -> client) minus
-   the same work sent to the same kind of worker directly (this script playing the broker);
+   the same work sent to the same kind of worker directly (this script playing the broker), the
+   two paths loaded in alternating 1 s windows so both meet the same moments of a busy machine;
    repeated (--latency-runs), the median run reported next to every run's figure.
 The mock engines run with near-zero model time (profile below), so the figures are the serving
 path's own cost. Prints a table (and, with --markdown, the docs/benchmarks.md section)."""
@@ -32,7 +33,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -259,79 +260,86 @@ async def closed_loop(state: Path, jobs: list[tuple[list[int], int]], concurrenc
 
 # ---- phase 4: latency at a fixed offered load ---------------------------------------------------
 
-async def open_loop_broker(state: Path, prompts: list[list[int]], rate: float,
-                           seconds: float) -> list[float]:
-    client = AsyncClient(state_dir=state, timeout_s=60)
-    rng = random.Random(11)
-    latencies: list[float] = []
+class BrokerPath:
+    """Requests through the broker: client -> broker -> decoder -> broker -> client."""
 
-    async def one(prompt: list[int]) -> None:
-        result = await client.generate(prompt, 1)
-        latencies.append(result.latency_s)
+    def __init__(self, state: Path):
+        self.client = AsyncClient(state_dir=state, timeout_s=60)
+        self.pending: set[asyncio.Task[None]] = set()
 
-    running: set[asyncio.Task[None]] = set()
-    due = time.perf_counter()
-    for index in range(int(rate * seconds)):
-        due += rng.expovariate(rate)
-        await asyncio.sleep(max(0.0, due - time.perf_counter()))
-        task = asyncio.create_task(one(prompts[index % len(prompts)]))
-        running.add(task)
-        task.add_done_callback(running.discard)
-    await asyncio.gather(*running)
-    await client.close()
-    return latencies
+    def submit(self, prompt: list[int], done: Callable[[float], None]) -> None:
+        async def one() -> None:
+            done((await self.client.generate(prompt, 1)).latency_s)
+
+        task = asyncio.create_task(one())
+        self.pending.add(task)
+        task.add_done_callback(self.pending.discard)
+
+    async def finish(self) -> None:
+        await asyncio.gather(*self.pending)
+        await self.client.close()
 
 
-async def open_loop_direct(root: Path, prompts: list[list[int]], rate: float,
-                           seconds: float) -> list[float]:
-    """This process plays the broker for one mock decoder: WORK in, OUTPUT back, no broker."""
-    root.mkdir(parents=True)
-    profile = root / "profile.yaml"
-    profile.write_text(profile_yaml())
-    state = StateDir.create(root / "state")
-    keys = state.server_keys()
-    context = zmq.asyncio.Context()
-    router = context.socket(zmq.ROUTER)
-    router.curve_secretkey, router.curve_publickey = keys.secret, keys.public
-    router.curve_server = True
-    port = router.bind_to_random_port("tcp://127.0.0.1")
-    state.write_connection(Connection(
-        deployment="direct", host="127.0.0.1", client_port=0, worker_port=port,
-        server_public_key=keys.public.decode(), protocol_version=PROTOCOL_VERSION,
-        broker_pid=os.getpid(), started_at=time.time(), model="mock-llama"))
-    processes = Processes(root)
-    processes.spawn("d1", [sys.executable, "-m", "tsslurm.launcher"],
-                    worker_env(profile, state.root, "d1", "decode"))
-    try:
-        identity = await _await_ready(router)
-        return await _direct_load(router, identity, prompts, rate, seconds)
-    finally:
-        processes.stop()
-        router.close(linger=0)
-        context.term()
+class DirectPath:
+    """The same work sent straight to a mock decoder, this script playing the broker."""
 
+    def __init__(self, root: Path):
+        root.mkdir(parents=True)
+        self.profile = root / "profile.yaml"
+        self.profile.write_text(profile_yaml())
+        self.state = StateDir.create(root / "state")
+        self.processes = Processes(root)
+        self.context = zmq.asyncio.Context()
+        self.router = self.context.socket(zmq.ROUTER)
+        self.sent: dict[str, tuple[float, Callable[[float], None]]] = {}
+        self.tasks: list[asyncio.Task[None]] = []
+        self.identity = b""
+        self.count = 0
 
-async def _await_ready(router: zmq.asyncio.Socket) -> bytes:
-    while True:
-        frames = await asyncio.wait_for(router.recv_multipart(), 30)
-        if frames[2] == Command.READY.value:
-            return frames[0]
-
-
-async def _direct_load(router: zmq.asyncio.Socket, identity: bytes, prompts: list[list[int]],
-                       rate: float, seconds: float) -> list[float]:
-    sent_at: dict[str, float] = {}
-    latencies: list[float] = []
-    total = int(rate * seconds)
-
-    async def beats() -> None:
+    async def start(self) -> None:
+        keys = self.state.server_keys()
+        self.router.curve_secretkey, self.router.curve_publickey = keys.secret, keys.public
+        self.router.curve_server = True
+        port = self.router.bind_to_random_port("tcp://127.0.0.1")
+        self.state.write_connection(Connection(
+            deployment="direct", host="127.0.0.1", client_port=0, worker_port=port,
+            server_public_key=keys.public.decode(), protocol_version=PROTOCOL_VERSION,
+            broker_pid=os.getpid(), started_at=time.time(), model="mock-llama"))
+        self.processes.spawn("d1", [sys.executable, "-m", "tsslurm.launcher"],
+                             worker_env(self.profile, self.state.root, "d1", "decode"))
         while True:
-            await router.send_multipart([identity, *encode(Command.HEARTBEAT, BrokerBeat())])
+            frames = await asyncio.wait_for(self.router.recv_multipart(), 30)
+            if frames[2] == Command.READY.value:
+                self.identity = frames[0]
+                break
+        self.tasks = [asyncio.create_task(self._beat()), asyncio.create_task(self._read())]
+
+    def submit(self, prompt: list[int], done: Callable[[float], None]) -> None:
+        self.count += 1
+        request_id = f"direct-{self.count}"
+        item = WorkItem(request_id=request_id, mode="full", prompt_token_ids=prompt, max_tokens=1)
+        self.sent[request_id] = (time.perf_counter(), done)
+        self.router.send_multipart([self.identity, *encode(Command.WORK, WorkBatch([item]))])
+
+    async def finish(self) -> None:
+        while self.sent:
+            await asyncio.sleep(0.05)
+        for task in self.tasks:
+            task.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+        self.processes.stop()
+        self.router.close(linger=0)
+        self.context.term()
+
+    async def _beat(self) -> None:
+        while True:
+            await self.router.send_multipart([self.identity,
+                                              *encode(Command.HEARTBEAT, BrokerBeat())])
             await asyncio.sleep(0.5)
 
-    async def read() -> None:
-        while len(latencies) < total:
-            frames = await router.recv_multipart()
+    async def _read(self) -> None:
+        while True:
+            frames = await self.router.recv_multipart()
             if frames[2] != Command.OUTPUT.value:
                 continue
             now = time.perf_counter()
@@ -339,22 +347,37 @@ async def _direct_load(router: zmq.asyncio.Socket, identity: bytes, prompts: lis
             assert isinstance(batch, OutputBatch)
             for item in batch.items:
                 if item.finish_reason is not None:
-                    latencies.append(now - sent_at.pop(item.request_id))
+                    began, done = self.sent.pop(item.request_id)
+                    done(now - began)
 
-    beating, reading = asyncio.create_task(beats()), asyncio.create_task(read())
+
+async def interleaved_load(paths: dict[str, BrokerPath | DirectPath], prompts: list[list[int]],
+                           rate: float, seconds: float, window_s: float = 1.0
+                           ) -> dict[str, list[float]]:
+    """Poisson arrivals at `rate`, to each path in turn for `window_s`, `seconds` per path in
+    all: both paths see the same moments of a busy machine."""
     rng = random.Random(11)
-    due = time.perf_counter()
-    for index in range(total):
-        due += rng.expovariate(rate)
-        await asyncio.sleep(max(0.0, due - time.perf_counter()))
-        request_id = f"direct-{index}"
-        item = WorkItem(request_id=request_id, mode="full",
-                        prompt_token_ids=prompts[index % len(prompts)], max_tokens=1)
-        sent_at[request_id] = time.perf_counter()
-        await router.send_multipart([identity, *encode(Command.WORK, WorkBatch([item]))])
-    await asyncio.wait_for(reading, 60)
-    beating.cancel()
+    latencies: dict[str, list[float]] = {name: [] for name in paths}
+    index = 0
+    for _ in range(max(1, round(seconds / window_s))):
+        for name, path in paths.items():
+            due = time.perf_counter()
+            end = due + window_s
+            while (due := due + rng.expovariate(rate)) < end:
+                await asyncio.sleep(max(0.0, due - time.perf_counter()))
+                path.submit(prompts[index % len(prompts)], latencies[name].append)
+                index += 1
+    for path in paths.values():
+        await path.finish()
     return latencies
+
+
+async def _latency_run(state: Path, direct_root: Path, prompts: list[list[int]],
+                       args: argparse.Namespace) -> dict[str, list[float]]:
+    direct = DirectPath(direct_root)
+    await direct.start()
+    paths: dict[str, BrokerPath | DirectPath] = {"through": BrokerPath(state), "direct": direct}
+    return await interleaved_load(paths, prompts, args.rate, args.seconds)
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -400,20 +423,19 @@ def closed_loop_phase(root: Path, jobs: list[tuple[list[int], int]],
 
 def latency_phase(root: Path, prompts: list[list[int]], args: argparse.Namespace
                   ) -> dict[str, float]:
-    """`--latency-runs` runs, each through the broker then direct; the median run reported."""
+    """`--latency-runs` runs, each alternating 1 s windows between the two paths; the median run
+    reported next to every run's added p99."""
     runs = []
     for index in range(args.latency_runs):
         with deployment(root / f"latency{index}", [("d1", "decode")]) as (state, _):
-            through = asyncio.run(open_loop_broker(state, prompts, args.rate, args.seconds))
-        direct = asyncio.run(open_loop_direct(root / f"direct{index}", prompts, args.rate,
-                                              args.seconds))
-        runs.append({"through_broker_p50_ms": percentile(through, 50) * 1e3,
-                     "through_broker_p99_ms": percentile(through, 99) * 1e3,
-                     "direct_p50_ms": percentile(direct, 50) * 1e3,
-                     "direct_p99_ms": percentile(direct, 99) * 1e3,
-                     "requests": float(len(through))})
-        runs[-1]["added_p50_ms"] = runs[-1]["through_broker_p50_ms"] - runs[-1]["direct_p50_ms"]
-        runs[-1]["added_p99_ms"] = runs[-1]["through_broker_p99_ms"] - runs[-1]["direct_p99_ms"]
+            measured = asyncio.run(_latency_run(state, root / f"direct{index}", prompts, args))
+        run = {f"{path}_p{q}_ms": percentile(measured[name], q) * 1e3
+               for name, path in (("through", "through_broker"), ("direct", "direct"))
+               for q in (50, 99)}
+        run["added_p50_ms"] = run["through_broker_p50_ms"] - run["direct_p50_ms"]
+        run["added_p99_ms"] = run["through_broker_p99_ms"] - run["direct_p99_ms"]
+        run["requests"] = float(len(measured["through"]) + len(measured["direct"]))
+        runs.append(run)
     runs.sort(key=lambda run: run["added_p99_ms"])
     median = dict(runs[len(runs) // 2])
     median |= {f"run{i}_added_p99_ms": run["added_p99_ms"] for i, run in enumerate(runs)}
