@@ -14,11 +14,17 @@ import json
 from pathlib import Path
 
 import numpy as np
-
 from policy_sweep import BASELINES, compare, plot, run_scenario, run_trace, sweep_refs, table
+
 from tsslurm.profile import load_profile
-from tsslurm.sim.synthetic import CONV_INPUT_MEAN, CONV_INPUT_SIGMA, CONV_OUTPUT_MEAN, \
-    CONV_OUTPUT_SIGMA, bursty, poisson
+from tsslurm.sim.synthetic import (
+    CONV_INPUT_MEAN,
+    CONV_INPUT_SIGMA,
+    CONV_OUTPUT_MEAN,
+    CONV_OUTPUT_SIGMA,
+    bursty,
+    poisson,
+)
 from tsslurm.sim.trace import Trace, make_trace
 
 HOUR_S = 3600.0

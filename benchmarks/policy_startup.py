@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
-
 from policy_sweep import run_trace
+
 from tsslurm.profile import load_profile
 from tsslurm.profile.schema import PoolBounds, Profile, QueueWait
 from tsslurm.sim.command import SimulateArgs, prepare_trace

@@ -21,8 +21,8 @@ import numpy as np
 
 from tsslurm.policy.registry import resolve_policy
 from tsslurm.profile import load_profile
-from tsslurm.sim.command import SimulateArgs, prepare_trace
 from tsslurm.profile.schema import Profile
+from tsslurm.sim.command import SimulateArgs, prepare_trace
 from tsslurm.sim.run import simulate
 from tsslurm.sim.trace import Trace
 

@@ -9,7 +9,14 @@ from typing import Any
 import msgspec
 
 from tsslurm.policy.builder import partition_views
-from tsslurm.policy.snapshot import JobView, LoadView, PartitionView, PoolCounts, Snapshot, TokenRates
+from tsslurm.policy.snapshot import (
+    JobView,
+    LoadView,
+    PartitionView,
+    PoolCounts,
+    Snapshot,
+    TokenRates,
+)
 from tsslurm.profile import load_profile
 from tsslurm.profile.schema import LengthBuckets, PoolBounds, Pools, Profile, Slo
 

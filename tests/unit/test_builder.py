@@ -8,8 +8,9 @@ import random
 
 import msgspec
 import pytest
-
 from policy_factory import reference_profile
+
+from tsslurm.errors import UserError
 from tsslurm.policy.builder import SnapshotBuilder
 from tsslurm.policy.snapshot import Snapshot
 
@@ -176,3 +177,11 @@ def test_events_after_t_never_change_snapshots_up_to_t(seed: int) -> None:
         assert msgspec.json.encode(original[i]) == msgspec.json.encode(altered[i])
     assert any(msgspec.json.encode(original[i]) != msgspec.json.encode(altered[i])
                for i in range(len(ticks)) if ticks[i] > cut)
+
+
+def test_a_profile_without_velocities_gets_a_clear_error() -> None:
+    profile = reference_profile()
+    bare = msgspec.structs.replace(profile, partitions=[
+        msgspec.structs.replace(p, velocities=None) for p in profile.partitions])
+    with pytest.raises(UserError, match="no partition has velocities"):
+        SnapshotBuilder.from_profile(bare)

@@ -5,12 +5,22 @@ from __future__ import annotations
 import math
 
 import pytest
-
 from policy_factory import rates, running, snapshot
+
 from tsslurm.perfmodel import decode_step_seconds
 from tsslurm.policy.baselines import (
-    AibrixParams, DynamoParams, HeteroScaleParams, RateParams, StaticParams, aibrix, blitzscale,
-    distserve, dynamo, heteroscale, request_capacities, static,
+    AibrixParams,
+    DynamoParams,
+    HeteroScaleParams,
+    RateParams,
+    StaticParams,
+    aibrix,
+    blitzscale,
+    distserve,
+    dynamo,
+    heteroscale,
+    request_capacities,
+    static,
 )
 from tsslurm.policy.registry import resolve_policy
 from tsslurm.policy.runner import PolicyRunner

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
 from policy_factory import bounds, partition, running, snapshot
+
 from tsslurm.policy.guards import hold_down, hold_if_stale, within_bounds, within_budget
 from tsslurm.policy.snapshot import Decision
 
@@ -74,7 +74,7 @@ def test_bounds_then_budget_stay_within_both(totals: dict[str, int], budget: int
     decision = Decision({role: {"a100": n} for role, n in totals.items()})
     guarded = within_budget(snap, within_bounds(snap, decision))
     got = {role: parts["a100"] for role, parts in guarded.targets.items()}
-    for role in got:
+    for role, total in got.items():
         limits = getattr(pools, role)
-        assert limits.min <= got[role] <= limits.max
+        assert limits.min <= total <= limits.max
     assert sum(got.values()) <= budget

@@ -7,8 +7,8 @@ import sys
 import types
 
 import pytest
-
 from policy_factory import rates, snapshot
+
 from tsslurm.errors import UserError
 from tsslurm.policy.registry import validate_policy_config
 from tsslurm.policy.runner import PolicyRunner, parse_policy_ref

@@ -9,8 +9,8 @@ import msgspec
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
 from policy_factory import bounds, partition, rates, running, snapshot
+
 from tsslurm.policy.runner import PolicyRunner
 from tsslurm.policy.snapshot import Cancel, Drain, LoadView, Submit
 from tsslurm.policy.tokenscale import TokenScaleParams, decide
@@ -24,14 +24,17 @@ def _totals(targets: dict[str, dict[str, int]]) -> dict[str, int]:
     return {role: sum(parts.values()) for role, parts in targets.items()}
 
 
-def _prefillers(tokens_per_s: float, params: TokenScaleParams = TokenScaleParams()) -> int:
+DEFAULTS = TokenScaleParams()
+
+
+def _prefillers(tokens_per_s: float, params: TokenScaleParams = DEFAULTS) -> int:
     """Square-root staffing of an input-token load: a + beta sqrt(a) prefillers."""
     offered = tokens_per_s / (params.prefill_utilisation * V_P)
     return math.ceil(offered + params.prefill_safety * math.sqrt(offered))
 
 
 def _decoding(tokens_per_s: float, burst: float = 1.0, v_d: float = V_D_11,
-              params: TokenScaleParams = TokenScaleParams()) -> int:
+              params: TokenScaleParams = DEFAULTS) -> int:
     load = tokens_per_s / (params.decode_utilisation * v_d)
     return max(math.ceil(load), math.ceil(params.decode_burst * burst * load))
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
 from policy_factory import partition, running, snapshot
+
 from tsslurm.policy.reconcile import place, reconcile
 from tsslurm.policy.snapshot import Cancel, Decision, Drain, Submit
 

@@ -23,7 +23,7 @@ from typing import Annotated, Any
 import msgspec
 from msgspec import Meta
 
-from tsslurm.perfmodel import bucket_of, decode_step_seconds, roofline_decode_velocity
+from tsslurm.perfmodel import bucket_of, decode_step_seconds
 from tsslurm.policy.reconcile import placed, reference_partition
 from tsslurm.policy.registry import register
 from tsslurm.policy.snapshot import Decision, PartitionView, Snapshot

@@ -15,10 +15,17 @@ from typing import Literal
 
 import msgspec
 
+from tsslurm.errors import UserError
 from tsslurm.perfmodel import bucket_of
 from tsslurm.policy.predictor import OutputForecast, OutputPredictor
 from tsslurm.policy.snapshot import (
-    ROLES, JobView, LoadView, PartitionView, PoolCounts, Role, Snapshot,
+    ROLES,
+    JobView,
+    LoadView,
+    PartitionView,
+    PoolCounts,
+    Role,
+    Snapshot,
 )
 from tsslurm.policy.velocity import DEFAULT_WINDOWS_S, VelocityEstimator
 from tsslurm.profile.schema import LengthBuckets, Pools, Profile, Slo
@@ -31,8 +38,14 @@ QUEUE_WAIT_ALPHA = 0.3
 
 
 class _Request:
-    __slots__ = ("input_tokens", "arrived_at", "kv_tokens", "on_convertible", "in_prefill",
-                 "first_token_at")
+    __slots__ = (
+        "arrived_at",
+        "first_token_at",
+        "in_prefill",
+        "input_tokens",
+        "kv_tokens",
+        "on_convertible",
+    )
 
     def __init__(self, input_tokens: int, arrived_at: float, kv_tokens: float):
         self.input_tokens = input_tokens
@@ -45,8 +58,18 @@ class _Request:
 
 
 class _Job:
-    __slots__ = ("job_id", "role", "partition", "state", "submitted_at", "started_at", "ends_at",
-                 "kv_capacity_tokens", "kv_used_tokens", "decode_tokens_per_s")
+    __slots__ = (
+        "decode_tokens_per_s",
+        "ends_at",
+        "job_id",
+        "kv_capacity_tokens",
+        "kv_used_tokens",
+        "partition",
+        "role",
+        "started_at",
+        "state",
+        "submitted_at",
+    )
 
     def __init__(self, job_id: str, role: Role, partition: str, submitted_at: float):
         self.job_id = job_id
@@ -108,8 +131,8 @@ class SnapshotBuilder:
                      windows_s: tuple[float, ...] = DEFAULT_WINDOWS_S) -> SnapshotBuilder:
         views = partition_views(profile)
         if not views:
-            raise ValueError(f"profile {profile.deployment!r}: no partition has velocities; "
-                             "policies size pools from them (run `tsslurm profile`)")
+            raise UserError(f"profile {profile.deployment!r}: no partition has velocities; "
+                            "policies size pools from them (run `tsslurm profile`)")
         return cls(views, profile.slo, profile.buckets, profile.pools, origin, windows_s)
 
     # ---- requests ---------------------------------------------------------------------------

@@ -40,7 +40,7 @@ class OutputForecast(NamedTuple):
 class _History:
     """The last `size` output lengths of one input class, with per-bucket counts and sums."""
 
-    __slots__ = ("size", "lengths", "counts", "sums")
+    __slots__ = ("counts", "lengths", "size", "sums")
 
     def __init__(self, size: int, buckets: int):
         self.size = size

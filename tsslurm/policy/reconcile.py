@@ -17,7 +17,16 @@ is, adds on the partition with the most velocity per billed GPU discounted by it
 from __future__ import annotations
 
 from tsslurm.policy.snapshot import (
-    ROLES, Action, Cancel, Decision, Drain, JobView, PartitionView, Role, Snapshot, Submit,
+    ROLES,
+    Action,
+    Cancel,
+    Decision,
+    Drain,
+    JobView,
+    PartitionView,
+    Role,
+    Snapshot,
+    Submit,
 )
 
 ROTATION_MARGIN_S = 120.0

@@ -70,14 +70,10 @@ def decide(snapshot: Snapshot, params: TokenScaleParams, state: dict[str, Any]) 
     short, mid, long = windows(snapshot.rates)
     prefill_part = reference_partition(snapshot, "prefill")
     decode_part = reference_partition(snapshot, "decode")
-    v_p = prefill_velocity(prefill_part)
     trend = burst_reference(snapshot.rates, prefill_part.startup_s)
-    burst, samples = burst_ratio(state, snapshot.now, short, trend, v_p, params)
-    base_in = max(long.input_tokens_per_s,
-                  rising_rate(mid, long, prefill_part.startup_s * params.trend_lead))
-    backlog_in = snapshot.load.prefill_queued_tokens / params.backlog_clear_s
-    i_p = staffed((base_in + backlog_in) / (params.prefill_utilisation * v_p),
-                  params.prefill_safety)
+    burst, samples = burst_ratio(state, snapshot.now, short, trend,
+                                 prefill_velocity(prefill_part), params)
+    base_in, i_p = base_prefillers(snapshot, mid, long, prefill_part, params)
     i_d = max(decode_with_backlog(snapshot, (mid, long), decode_part, params),
               kv_instances(snapshot, decode_part, params.kv_target),
               math.ceil(params.decode_burst * burst
@@ -85,14 +81,24 @@ def decide(snapshot: Snapshot, params: TokenScaleParams, state: dict[str, Any]) 
     peak_in = max(short.input_tokens_per_s, burst * trend.input_tokens_per_s)
     prefill, convertible, decode = burst_pools(peak_in, i_p, i_d, snapshot.bounds.decode.min,
                                                prefill_part, params)
-    totals = {"prefill": prefill, "decode": decode, "convertible": convertible}
     reasons = [
-        f"lambda_in {base_in:.0f} tok/s, backlog {backlog_in:.0f} tok/s -> {i_p} prefill",
+        f"lambda_in {base_in:.0f} tok/s with its backlog -> {i_p} prefill",
         f"lambda' {sum(map(sum, mid.bucket_tokens_per_s)):.0f} tok/s -> {i_d} decoding",
-        f"burst ratio {burst:.2f}: peak {peak_in:.0f} tok/s -> {convertible} of the decoding "
-        f"convertible, {prefill - i_p} more prefill",
+        (f"burst ratio {burst:.2f}: peak {peak_in:.0f} tok/s -> {convertible} of the decoding "
+         f"convertible, {prefill - i_p} more prefill"),
     ]
+    totals = {"prefill": prefill, "decode": decode, "convertible": convertible}
     return Decision(placed(snapshot, totals), reasons, {"burst_samples": samples})
+
+
+def base_prefillers(snapshot: Snapshot, mid: TokenRates, long: TokenRates, part: PartitionView,
+                    params: TokenScaleParams) -> tuple[float, int]:
+    """(lambda_in, I_P): the trend or the rising rate one start-up ahead, plus the backlog to
+    clear, staffed with the square-root rule."""
+    base_in = max(long.input_tokens_per_s, rising_rate(mid, long, part.startup_s * params.trend_lead))
+    backlog_in = snapshot.load.prefill_queued_tokens / params.backlog_clear_s
+    offered = (base_in + backlog_in) / (params.prefill_utilisation * prefill_velocity(part))
+    return base_in, staffed(offered, params.prefill_safety)
 
 
 def staffed(offered: float, safety: float) -> int:

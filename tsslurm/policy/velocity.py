@@ -29,7 +29,7 @@ Event = tuple[float, int, float, int, tuple[float, ...]]
 
 
 class _Window:
-    __slots__ = ("length", "events", "requests", "input_tokens", "output_tokens", "cells")
+    __slots__ = ("cells", "events", "input_tokens", "length", "output_tokens", "requests")
 
     def __init__(self, length: float, input_buckets: int, output_buckets: int):
         self.length = length
