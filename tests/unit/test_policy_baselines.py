@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 
 import pytest
-from policy_factory import rates, running, snapshot
+from policy_factory import bounds, partition, rates, running, snapshot
 
 from tsslurm.perfmodel import decode_step_seconds
 from tsslurm.policy.baselines import (
@@ -148,3 +148,50 @@ def test_baselines_submit_through_the_same_reconciler() -> None:
     step = runner.step(snapshot(token_rates=rates(requests_per_s=30.0)))
     assert all(isinstance(a, Submit) for a in step.actions)
     assert runner.step(snapshot(1.0, token_rates=rates(requests_per_s=30.0), stale=True)).actions == []
+
+
+ALL = ("tokenscale", "aibrix", "distserve", "blitzscale", "heteroscale", "dynamo", "static")
+BUSY = LoadView(prefill_in_flight=40, decode_kv_used_tokens=300_000,
+                decode_kv_capacity_tokens=320_000, decode_tokens_per_s=20_000.0,
+                prefill_queued_tokens=50_000)
+
+
+def _busy(now: float = 100.0, **kwargs) -> object:
+    counts = {"prefill": {"a100": running(ready=1)}, "decode": {"a100": running(ready=2)}}
+    return snapshot(now, counts=kwargs.pop("counts", counts), load=BUSY,
+                    token_rates=rates(60_000.0, 20_000.0, requests_per_s=40.0), **kwargs)
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_every_policy_scales_up_under_load_and_never_submits_twice(name: str) -> None:
+    runner = PolicyRunner(name)
+    first = runner.step(_busy())
+    wanted = {a.role: a.count for a in first.actions if isinstance(a, Submit)}
+    assert sum(wanted.values()) > 0, name
+    counts = {"prefill": {"a100": running(ready=1, pending=wanted.get("prefill", 0))},
+              "decode": {"a100": running(ready=2, pending=wanted.get("decode", 0))},
+              "convertible": {"a100": running(pending=wanted.get("convertible", 0))}}
+    again = runner.step(_busy(101.0, counts=counts))
+    assert not any(isinstance(a, Submit) for a in again.actions), (name, again.actions)
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_every_policy_holds_still_on_a_stale_view(name: str) -> None:
+    assert PolicyRunner(name).step(_busy(stale=True)).actions == []
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_every_policy_stays_within_bounds_and_budget(name: str) -> None:
+    pools = bounds(prefill=(1, 3), decode=(1, 2), convertible=(0, 1), gpu_budget=5)
+    step = PolicyRunner(name).step(_busy(pool_bounds=pools))
+    totals = _totals(step.decision)
+    assert all(getattr(pools, role).min <= n <= getattr(pools, role).max
+               for role, n in totals.items())
+    assert sum(totals.values()) <= 5
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_every_policy_submits_only_where_jobs_can_start(name: str) -> None:
+    parts = [partition("down", available=False, queue_wait_s=1.0), partition("up")]
+    step = PolicyRunner(name).step(_busy(partitions=parts, counts={}))
+    assert {a.partition for a in step.actions if isinstance(a, Submit)} == {"up"}
