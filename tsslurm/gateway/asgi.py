@@ -30,6 +30,22 @@ Part = Head | bytes
 
 SSE_HEADERS = {"content-type": "text/event-stream; charset=utf-8", "cache-control": "no-cache",
                "x-accel-buffering": "no"}
+RAW_SEND = "tsslurm.raw_send"
+
+
+class RawSend:
+    """The outermost ASGI layer: keeps the server's own `send` in the scope, so a produced
+    response writes each event without the framework's per-message wrappers (they only track
+    whether a response started, for error pages these responses make themselves)."""
+
+    def __init__(self, app: Callable[..., Any]):
+        self.app = app
+
+    async def __call__(self, scope: Message, receive: Callable[[], Any],
+                       send: Callable[[Message], Any]) -> None:
+        if scope["type"] == "http":
+            scope[RAW_SEND] = send
+        await self.app(scope, receive, send)
 
 
 class ProducedResponse(Response):
@@ -41,7 +57,7 @@ class ProducedResponse(Response):
 
     async def __call__(self, scope: Message, receive: Callable[[], Any],
                        send: Callable[[Message], Any]) -> None:
-        pump = asyncio.ensure_future(self._pump(send))
+        pump = asyncio.ensure_future(self._pump(scope.get(RAW_SEND, send)))
         watch = asyncio.ensure_future(_disconnect(receive))
         try:
             await asyncio.wait((pump, watch), return_when=asyncio.FIRST_COMPLETED)

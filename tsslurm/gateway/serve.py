@@ -50,6 +50,7 @@ def serve_gateway(settings: GatewaySettings, host: str = "127.0.0.1", port: int 
     import uvicorn
 
     from tsslurm.gateway.app import create_app
+    from tsslurm.gateway.asgi import RawSend
 
     gateway = Gateway(settings)
     new_key = None if keys_file(settings.state_dir).exists() \
@@ -60,15 +61,21 @@ def serve_gateway(settings: GatewaySettings, host: str = "127.0.0.1", port: int 
                        model=gateway.limits.model, started_at=time.time())
     state = StateDir.open(settings.state_dir)
     _write_private(state.root / INFO_FILE, msgspec.json.encode(info) + b"\n")
-    config = uvicorn.Config(create_app(gateway), log_level=log_level.lower(), access_log=False,
+    config = uvicorn.Config(RawSend(create_app(gateway)), log_level=log_level.lower(), access_log=False,
                             lifespan="on", timeout_graceful_shutdown=5, server_header=False)
+    previous = signal.signal(signal.SIGTERM, _stopped)  # uvicorn re-raises it once shut down
     try:
         if on_ready is not None:
             on_ready(Ready(info=info, new_key=new_key, template=gateway.template.origin))
         uvicorn.Server(config).run(sockets=[listener])
     finally:
+        signal.signal(signal.SIGTERM, previous)
         _remove_info(state.root / INFO_FILE, os.getpid())
         listener.close()
+
+
+def _stopped(signum: int, frame: object) -> None:
+    raise SystemExit(0)
 
 
 def read_info(state_dir: Path) -> GatewayInfo:
