@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import json
 import os
 import random
@@ -181,7 +182,7 @@ async def latency(paths: Paths, count: int, tokens: int = 32) -> dict[str, float
     figures = {}
     for name, runs in (("raw", raw), ("gateway", gateway)):
         ttft = [times[0] for times in runs]
-        itl = [b - a for times in runs for a, b in zip(times, times[1:], strict=False)]
+        itl = [b - a for times in runs for a, b in itertools.pairwise(times)]
         figures |= {f"{name}_ttft_p50_ms": _q(ttft, 50), f"{name}_ttft_p99_ms": _q(ttft, 99),
                     f"{name}_itl_p50_ms": _q(itl, 50), f"{name}_itl_p99_ms": _q(itl, 99)}
     delays = [statistics.median(g[k] for g in gateway) - statistics.median(r[k] for r in raw)
@@ -259,7 +260,7 @@ def table(figures: dict[str, dict[str, float]]) -> str:
              f"{lat['gateway_itl_p50_ms']:.2f} / {lat['gateway_itl_p99_ms']:.2f}"),
             ("token delay added by the gateway (ms)", "-", f"{lat['token_delay_ms']:.2f}")]
     raw, gw = figures["requests_raw"], figures["requests_gateway"]
-    rows.append((f"requests/s, 1 token, closed loop", f"{raw['requests_per_s']:.0f}",
+    rows.append(("requests/s, 1 token, closed loop", f"{raw['requests_per_s']:.0f}",
                  f"{gw['requests_per_s']:.0f}"))
     raw, gw = figures["streams_raw"], figures["streams_gateway"]
     rows.append(("streamed tokens/s, concurrent streams", f"{raw['tokens_per_s']:.0f}",
