@@ -90,6 +90,9 @@ def test_each_error_has_its_status_and_code(served) -> None:
          400, None),
         (post("/v1/completions", json={"model": model, "prompt": "hi", "stop": [""]}), 400, None),
         (post("/v1/completions", json={"model": model, "prompt": [1, 300]}), 400, None),
+        (post("/v1/completions", json={"model": model, "prompt": "x" * 300_000}),
+         400, "context_length_exceeded"),
+        (post("/v1/completions", content=b" " * (9 << 20)), 413, "request_too_large"),
         (post("/v1/nowhere", json={}), 404, "not_found"),
         (client.get("/v1/completions", headers=gateway.headers), 405, "method_not_allowed"),
     ]

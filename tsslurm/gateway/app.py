@@ -26,6 +26,10 @@ from tsslurm.gateway.service import Gateway
 
 log = logging.getLogger("tsslurm.gateway")
 
+MAX_BODY_BYTES = 8 << 20
+"""Larger request bodies get 413 before they are read whole (a prompt that size cannot fit any
+context anyway)."""
+
 
 def create_app(gateway: Gateway) -> FastAPI:
     @contextlib.asynccontextmanager
@@ -48,12 +52,30 @@ def _generation_routes(app: FastAPI, gateway: Gateway) -> None:
     @app.post(serving.COMPLETIONS)
     async def completions(request: Request) -> Response:
         gateway.authorize(request.headers.get("authorization"))
-        return serving.completions(gateway, await request.body())
+        return serving.completions(gateway, await _body(request))
 
     @app.post(serving.CHAT)
     async def chat_completions(request: Request) -> Response:
         gateway.authorize(request.headers.get("authorization"))
-        return serving.chat_completions(gateway, await request.body())
+        return serving.chat_completions(gateway, await _body(request))
+
+
+async def _body(request: Request) -> bytes:
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+        raise _too_large()
+    parts, size = [], 0
+    async for part in request.stream():
+        size += len(part)
+        if size > MAX_BODY_BYTES:
+            raise _too_large()
+        parts.append(part)
+    return b"".join(parts)
+
+
+def _too_large() -> ApiError:
+    return ApiError(413, f"the request body exceeds {MAX_BODY_BYTES >> 20} MiB",
+                    code="request_too_large")
 
 
 def _info_routes(app: FastAPI, gateway: Gateway) -> None:

@@ -108,6 +108,15 @@ def check_model(body: _Common, limits: Limits) -> None:
         raise unknown_model(body.model, limits.model)
 
 
+def check_text_length(text: str, limits: Limits, param: str = "prompt") -> None:
+    """Text far beyond the context is refused before it is tokenized (the broker's rule: no
+    tokenizer packs 64 characters into each token of a text)."""
+    if len(text) > 64 * limits.context_tokens:
+        raise bad_request(f"the {param} ({len(text)} characters) is far longer than the model "
+                          f"context of {limits.context_tokens} tokens", param=param,
+                          code="context_length_exceeded")
+
+
 def completion_prompt(body: CompletionBody) -> str | list[int]:
     prompt = body.prompt
     if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], (str, list)):

@@ -23,6 +23,7 @@ from tsslurm.gateway.requests import (
     chat_job,
     chat_messages,
     check_model,
+    check_text_length,
     completion_job,
     completion_prompt,
     decode_body,
@@ -41,6 +42,8 @@ def completions(gateway: Gateway, data: bytes) -> ProducedResponse:
     body = decode_body(data, CompletionBody)
     check_model(body, gateway.limits)
     prompt = completion_prompt(body)
+    if isinstance(prompt, str):
+        check_text_length(prompt, gateway.limits)
     ids = gateway.codec.encode(prompt) if isinstance(prompt, str) else prompt
     return _answer(gateway, COMPLETIONS, completion_job(body, ids, gateway.limits), started)
 
@@ -53,6 +56,7 @@ def chat_completions(gateway: Gateway, data: bytes) -> ProducedResponse:
         text = gateway.template.render(chat_messages(body))
     except TemplateError as error:
         raise bad_request(str(error), param="messages") from None
+    check_text_length(text, gateway.limits, "messages")
     ids = gateway.codec.encode(text, add_special_tokens=False)
     return _answer(gateway, CHAT, chat_job(body, ids, gateway.limits), started)
 
