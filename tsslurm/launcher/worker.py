@@ -12,6 +12,7 @@ How it ends:
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import signal
 from typing import Any, NamedTuple
@@ -72,6 +73,7 @@ class WorkerRuntime:
         except Exception as error:
             log.error("the engine failed to start: %s", error)
             return 1
+        gc.freeze()  # start-up's objects (modules, the profile, the model's) stay out of collections
         if self._batched:
             self.engine.set_sink(self._on_outputs)  # type: ignore[attr-defined]
         self.link.start(lambda messages: loop.call_soon_threadsafe(self._inbox.put_nowait,
