@@ -3,6 +3,7 @@ client (tsslurm.client.AsyncClient), both measured in the same run against the s
 `tsslurm broker` and one mock decoder (`python -m tsslurm.launcher`), all on loopback.
 
     .venv/bin/python benchmarks/gateway.py [--requests 200] [--seconds 10] [--streams 500]
+                                           [--stream-tokens 256]
 
 The mock decoder's model time is small and fixed (2 ms a decode step whatever the batch, prefill
 nearly free), so differences are the serving path's. Phases:
@@ -11,8 +12,8 @@ nearly free), so differences are the serving path's. Phases:
    each token position, the median arrival time (from the send) through the gateway minus the
    same through the raw client, averaged over positions - the latency each token gains.
 2. requests/s: closed loop, `--concurrency` lanes, 1 output token, whole answers (no stream).
-3. streams: `--streams` concurrent streams of 64 tokens: tokens/s at the client and the
-   gateway's CPU time per streamed token.
+3. streams: `--streams` concurrent streams of `--stream-tokens` tokens: tokens/s at the client
+   and the gateway's CPU time per streamed token.
 The HTTP client is aiohttp in this process (httpx tops out near 300 requests/s here with 32
 connections, below the gateway); the CPU time of every process is reported, so a saturated load
 generator shows. Prints a table (and with --markdown the docs/benchmarks.md
@@ -139,6 +140,8 @@ class Paths:
         self.client = client
         self.http = http
         self.headers = {"Authorization": f"Bearer {d.key}"}
+        self.events = 0
+        """Server-sent events with text received through the gateway."""
 
     async def raw_stream(self, prompt: str, max_tokens: int) -> list[float]:
         began, times = time.perf_counter(), []
@@ -155,6 +158,7 @@ class Paths:
                 if line.startswith(b"data: {"):
                     text = json.loads(line[6:])["choices"][0]["text"]
                     times += [time.perf_counter() - began] * len(text)
+                    self.events += bool(text)
         return times
 
     async def raw_whole(self, prompt: str) -> None:
@@ -208,7 +212,7 @@ async def closed_loop(call: Callable[[str], Awaitable[None]], lanes: int,
 
 
 async def streams(stream: Callable[[str, int], Awaitable[list[float]]], count: int,
-                  tokens: int = 64) -> dict[str, float]:
+                  tokens: int) -> dict[str, float]:
     began = time.perf_counter()
     runs = await asyncio.gather(*(stream(p, tokens) for p in prompts(count, seed=2)))
     elapsed = time.perf_counter() - began
@@ -230,18 +234,24 @@ async def measure(d: Deployment, args: argparse.Namespace) -> dict[str, dict[str
     timeout = aiohttp.ClientTimeout(total=600)
     async with aiohttp.ClientSession(d.gateway.url, connector=connector, timeout=timeout) as http:
         paths = Paths(d, client, http)
+        before = d.cpu_seconds()
         figures = {"latency": await latency(paths, args.requests)}
+        spent = d.cpu_seconds()["gateway"] - before["gateway"]
+        figures["latency"] |= {"gateway_cpu_ms_per_request": spent / args.requests * 1e3,
+                               "gateway_events_per_request": paths.events / args.requests}
         for name, call in (("raw", paths.raw_whole), ("gateway", paths.gateway_whole)):
             before = d.cpu_seconds()
             rate = await closed_loop(call, args.concurrency, args.seconds)
             figures[f"requests_{name}"] = {"requests_per_s": rate} | _cpu(d, before, args.seconds)
         for name, stream in (("raw", paths.raw_stream), ("gateway", paths.gateway_stream)):
-            before = d.cpu_seconds()
-            result = await streams(stream, args.streams)
+            before, paths.events = d.cpu_seconds(), 0
+            result = await streams(stream, args.streams, args.stream_tokens)
             cpu = _cpu(d, before, result["seconds"])
-            per_token = cpu.get("cpu_gateway", 0.0) * result["seconds"] / (args.streams * 64)
-            figures[f"streams_{name}"] = result | cpu | {"gateway_cpu_us_per_token":
-                                                         per_token * 1e6}
+            per_token = cpu.get("cpu_gateway", 0.0) * result["seconds"] / (
+                args.streams * args.stream_tokens)
+            figures[f"streams_{name}"] = result | cpu | {
+                "gateway_cpu_us_per_token": per_token * 1e6,
+                "events_per_token": paths.events / (args.streams * args.stream_tokens)}
     await client.close()
     return figures
 
@@ -258,15 +268,18 @@ def table(figures: dict[str, dict[str, float]]) -> str:
             ("inter-token p50 / p99 (ms)",
              f"{lat['raw_itl_p50_ms']:.2f} / {lat['raw_itl_p99_ms']:.2f}",
              f"{lat['gateway_itl_p50_ms']:.2f} / {lat['gateway_itl_p99_ms']:.2f}"),
-            ("token delay added by the gateway (ms)", "-", f"{lat['token_delay_ms']:.2f}")]
+            ("token delay added by the gateway (ms)", "-", f"{lat['token_delay_ms']:.2f}"),
+            ("gateway CPU per request of 32 tokens, one event each (ms)", "-",
+             f"{lat['gateway_cpu_ms_per_request']:.2f}")]
     raw, gw = figures["requests_raw"], figures["requests_gateway"]
     rows.append(("requests/s, 1 token, closed loop", f"{raw['requests_per_s']:.0f}",
                  f"{gw['requests_per_s']:.0f}"))
     raw, gw = figures["streams_raw"], figures["streams_gateway"]
     rows.append(("streamed tokens/s, concurrent streams", f"{raw['tokens_per_s']:.0f}",
                  f"{gw['tokens_per_s']:.0f}"))
-    rows.append(("gateway CPU per streamed token (us)", "-",
-                 f"{gw['gateway_cpu_us_per_token']:.1f}"))
+    rows.append(("gateway CPU per streamed token (us), concurrent streams", "-",
+                 (f"{gw['gateway_cpu_us_per_token']:.1f} ({gw['events_per_token']:.2f} events "
+                 "per token)")))
     lines = ["| what | raw client | through the gateway |", "|---|---|---|"]
     return "\n".join(lines + [f"| {a} | {b} | {c} |" for a, b, c in rows])
 
@@ -277,6 +290,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=10.0, help="requests/s phase length")
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--streams", type=int, default=500)
+    parser.add_argument("--stream-tokens", type=int, default=256)
     parser.add_argument("--markdown", action="store_true")
     args = parser.parse_args()
     load = os.getloadavg()[0]
