@@ -14,6 +14,9 @@ nearly free), so differences are the serving path's. Phases:
 2. requests/s: closed loop, `--concurrency` lanes, 1 output token, whole answers (no stream).
 3. streams: `--streams` concurrent streams of `--stream-tokens` tokens: tokens/s at the client
    and the gateway's CPU time per streamed token.
+4. detokenize (no processes): microseconds per token to stream the text of a 2,000-token answer
+   one token at a time with a byte-level BPE (trained here on the tiny model's corpus): the
+   gateway's byte table, its window decoder, and the whole-list decoder of tsslurm.tokenizer.
 The HTTP client is aiohttp in this process (httpx tops out near 300 requests/s here with 32
 connections, below the gateway); the CPU time of every process is reported, so a saturated load
 generator shows. Prints a table (and with --markdown the docs/benchmarks.md
@@ -256,6 +259,36 @@ async def measure(d: Deployment, args: argparse.Namespace) -> dict[str, dict[str
     return figures
 
 
+def detokenize(tokens: int = 2000) -> dict[str, float]:
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    from tsslurm.gateway.codec import load_codec
+    from tsslurm.gateway.detokenize import ByteTableDecoder, WindowDecoder
+    from tsslurm.models.tiny import synthetic_corpus
+    from tsslurm.tokenizer import IncrementalDecoder, load_tokenizer
+
+    bpe = Tokenizer(models.BPE(unk_token="<unk>"))
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    bpe.train_from_iterator(synthetic_corpus(0), trainers.BpeTrainer(
+        vocab_size=2048, special_tokens=["<unk>", "<s>", "</s>"], show_progress=False,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    with tempfile.TemporaryDirectory() as tmp:
+        bpe.save(f"{tmp}/tokenizer.json")
+        codec, client_side = load_codec(tmp), load_tokenizer(tmp)
+    assert codec.token_bytes is not None and client_side is not None
+    ids = random.Random(5).choices(range(3, codec.vocab_size), k=tokens)
+    decoders_ = {"byte_table": ByteTableDecoder(codec.token_bytes), "window": WindowDecoder(codec),
+                 "whole_list": IncrementalDecoder(client_side)}
+    figures = {}
+    for name, decoder in decoders_.items():
+        began = time.perf_counter()
+        text = "".join(decoder.push([t]) for t in ids) + decoder.flush()
+        figures[f"{name}_us_per_token"] = (time.perf_counter() - began) / tokens * 1e6
+        assert text == codec.decode(ids)
+    return figures
+
+
 def _cpu(d: Deployment, before: dict[str, float], seconds: float) -> dict[str, float]:
     after = d.cpu_seconds()
     return {f"cpu_{name}": (after[name] - before[name]) / seconds for name in after}
@@ -280,6 +313,11 @@ def table(figures: dict[str, dict[str, float]]) -> str:
     rows.append(("gateway CPU per streamed token (us), concurrent streams", "-",
                  (f"{gw['gateway_cpu_us_per_token']:.1f} ({gw['events_per_token']:.2f} events "
                  "per token)")))
+    text = figures["detokenize"]
+    rows.append(("detokenize a 2,000-token answer token by token (us per token)",
+                 f"{text['whole_list_us_per_token']:.1f} (whole list)",
+                 (f"{text['byte_table_us_per_token']:.2f} (byte table), "
+                 f"{text['window_us_per_token']:.1f} (window)")))
     lines = ["| what | raw client | through the gateway |", "|---|---|---|"]
     return "\n".join(lines + [f"| {a} | {b} | {c} |" for a, b, c in rows])
 
@@ -296,6 +334,7 @@ def main() -> None:
     load = os.getloadavg()[0]
     with deployment() as d:
         figures = asyncio.run(measure(d, args))
+    figures["detokenize"] = detokenize()
     figures["machine"] = {"cores": float(os.cpu_count() or 0), "load_at_start": load,
                           "load_at_end": os.getloadavg()[0]}
     print(json.dumps(figures, indent=1))
