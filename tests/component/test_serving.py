@@ -141,7 +141,7 @@ def test_a_resubmit_from_a_new_socket_continues_without_duplicates(deployment) -
 
 
 def test_streams_arrive_piece_by_piece(deployment) -> None:
-    d = deployment()
+    d = deployment(step="base_ms: 10.0=>base_ms: 40.0")  # 40 ms a token: pieces stay apart
     d.start_broker()
     d.start_worker("d1", "decode")
     with d.sync_client(timeout_s=30) as client:
