@@ -5,6 +5,7 @@ starts, so a bad state directory or tokenizer is a clear error, not a failing se
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 from pathlib import Path
@@ -85,11 +86,15 @@ class Gateway:
 
     async def _probe(self) -> None:
         timeout = self.settings.probe_timeout_s
+        probe = self.client.generate(self.codec.encode("ok", add_special_tokens=False) or [0],
+                                     1, Sampling(temperature=0.0),
+                                     request_id=f"gateway-health-{uuid.uuid4().hex}",
+                                     timeout_s=timeout, stream=False)
         try:
-            await self.client.generate(self.codec.encode("ok", add_special_tokens=False) or [0],
-                                       1, Sampling(temperature=0.0),
-                                       request_id=f"gateway-health-{uuid.uuid4().hex}",
-                                       timeout_s=timeout, stream=False)
+            await asyncio.wait_for(probe, timeout + 1.0)  # the broker's own timeout comes first
+        except TimeoutError:
+            raise ProbeFailed(f"the broker did not answer a probe within {timeout + 1.0} s",
+                              broker_reached=False) from None
         except RequestError as error:
             what = f"no worker served a probe within {timeout} s" if error.code == "timeout" \
                 else f"the broker refused or failed a probe: {error}"
