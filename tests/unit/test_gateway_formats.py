@@ -29,6 +29,8 @@ from tsslurm.gateway.requests import (
 from tsslurm.models.tiny import CHAT_TEMPLATE
 from tsslurm.protocol import Sampling
 
+pytestmark = pytest.mark.timeout(60)
+
 LIMITS = Limits(model="m", context_tokens=100, vocab_size=256)
 
 

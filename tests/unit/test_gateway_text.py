@@ -16,6 +16,8 @@ from tsslurm.gateway.codec import ByteCodec, HuggingFaceCodec, TextCodec, load_c
 from tsslurm.gateway.detokenize import ByteTableDecoder, WindowDecoder, stream_decoder
 from tsslurm.gateway.stops import StopMatcher
 
+pytestmark = pytest.mark.timeout(60)
+
 CORPUS = ["Grüße aus Köln, naïve café déjà vu", "日本語のテキストと中文混合", "emoji 🙂🚀 and ✓ marks",
           "plain ascii words for the merges, again and again", "Ωμέγα και άλφα", "ünïcödé ßpäß"]
 SPECIAL = ["<s>", "</s>", "<unk>"]
