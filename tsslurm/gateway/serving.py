@@ -125,7 +125,7 @@ async def _streamed(gateway: Gateway, endpoint: str, job: Job, request_id: str,
                 else:
                     yield _close(gateway, endpoint, form, event, started)
         except Exception as error:  # noqa: BLE001 (the stream began: an error event ends it)
-            yield responses.error_event(_problem(error).body())
+            yield responses.error_event(_problem(gateway, error).body())
 
 
 def _close(gateway: Gateway, endpoint: str, form: StreamFormat, finished: Finished,
@@ -145,9 +145,7 @@ def _done(gateway: Gateway, endpoint: str, finished: Finished, started: float,
 
 
 def _refusal(gateway: Gateway, endpoint: str, error: Exception) -> list[Part]:
-    problem = _problem(error)
-    if problem.status in (503, 504):
-        gateway.health.failed()
+    problem = _problem(gateway, error)
     gateway.metrics.answered(endpoint, problem.status)
     body = problem.json()
     headers = {"content-type": "application/json", "content-length": str(len(body)),
@@ -155,7 +153,10 @@ def _refusal(gateway: Gateway, endpoint: str, error: Exception) -> list[Part]:
     return [Head(problem.status, headers), body]
 
 
-def _problem(error: Exception) -> ApiError:
+def _problem(gateway: Gateway, error: Exception) -> ApiError:
     if not isinstance(error, UserError | ApiError):
         log.error("unexpected error while serving a request", exc_info=error)
-    return from_exception(error)
+    problem = from_exception(error)
+    if problem.status in (503, 504):
+        gateway.health.failed()
+    return problem
