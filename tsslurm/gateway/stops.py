@@ -1,6 +1,8 @@
 """Stop strings (the OpenAI `stop` parameter) over streamed text: text is released as it comes
 except a tail that could still become a stop string; when one appears, the text before it is the
-last released and the answer ends. Pure: no I/O."""
+last released and the answer ends. The answer ends where a generator producing one character at a
+time would stop: at the stop string completed first (the earliest end; of two ending together, the
+longer), so the result does not depend on how the text was chunked. Pure: no I/O."""
 
 from __future__ import annotations
 
@@ -33,8 +35,9 @@ class StopMatcher:
         return "" if self.stopped else held
 
     def _first_stop(self, buffer: str) -> int | None:
-        found = [at for stop in self._stops if (at := buffer.find(stop)) >= 0]
-        return min(found) if found else None
+        """Where the first completed stop string begins."""
+        found = [(at + len(stop), at) for stop in self._stops if (at := buffer.find(stop)) >= 0]
+        return min(found)[1] if found else None
 
     def _open_tail(self, buffer: str) -> int:
         """Length of the longest end of `buffer` that begins some stop string."""
