@@ -57,10 +57,11 @@ def test_a_burst_fills_convertibles_then_prefillers() -> None:
                            params, {}).targets)
     base = _prefillers(20_000)
     decoding = _decoding(80_000, burst=3.0)
-    per_convertible = params.convertible_prefill_share * V_P
-    excess = max(0.0, 3.0 * 20_000 - base * V_P)
-    convertible = min(decoding - 1, math.ceil(excess / per_convertible))
-    extra = math.ceil(max(0.0, excess - convertible * per_convertible) / V_P)
+    peak = 3.0 * 20_000 / V_P
+    excess = peak + params.prefill_safety * math.sqrt(peak) - base  # prefillers' worth
+    share = params.convertible_prefill_share
+    convertible = min(decoding - 1, math.ceil(excess / share))
+    extra = math.ceil(max(0.0, excess - convertible * share))
     assert convertible > 0
     assert burst == {"prefill": base + extra, "decode": decoding - convertible,
                      "convertible": convertible}
@@ -82,10 +83,8 @@ def test_at_the_decode_minimum_a_burst_adds_prefillers() -> None:
     v_d = 48_341.0  # the (short input, short output) cell
     snap = snapshot(token_rates=rates(12_000.0, short=5.0, cell=(0, 0)))
     totals = _totals(decide(snap, TokenScaleParams(), {}).targets)
-    base = _prefillers(12_000)
     assert _decoding(12_000, burst=5.0, v_d=v_d) == 1
-    assert totals == {"prefill": base + math.ceil((5 * 12_000 - base * V_P) / V_P), "decode": 1,
-                      "convertible": 0}
+    assert totals == {"prefill": _prefillers(5 * 12_000), "decode": 1, "convertible": 0}
 
 
 def test_convertibles_count_towards_decode() -> None:
@@ -108,12 +107,13 @@ def test_a_rising_rate_is_met_one_start_up_ahead() -> None:
 def test_backlogs_add_capacity_to_clear_them() -> None:
     params = TokenScaleParams()
     calm = _totals(decide(snapshot(token_rates=rates(20_000.0, 4_000.0)), params, {}).targets)
-    load = LoadView(prefill_queued_tokens=600_000, decode_kv_demand_tokens=900_000,
+    load = LoadView(prefill_queued_tokens=3_000_000, decode_kv_demand_tokens=3_000_000,
                     decode_kv_used_tokens=100_000)
     backed = _totals(decide(snapshot(token_rates=rates(20_000.0, 4_000.0), load=load), params,
                             {}).targets)
-    assert backed["prefill"] == _prefillers(20_000 + 600_000 / params.backlog_clear_s)
-    factor = 1 + 800_000 / (params.backlog_clear_s * 24_000)
+    clear_s = params.backlog_clear_s + snapshot().partitions[0].startup_s
+    assert backed["prefill"] == _prefillers(20_000 + 3_000_000 / clear_s) > calm["prefill"]
+    factor = 1 + 2_900_000 / (clear_s * 24_000)
     decode_rate = 24_000 / (params.decode_utilisation * V_D_11)
     assert backed["decode"] + backed["convertible"] == math.ceil(decode_rate * factor) > calm["decode"]
 

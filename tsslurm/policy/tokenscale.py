@@ -96,7 +96,7 @@ def base_prefillers(snapshot: Snapshot, mid: TokenRates, long: TokenRates, part:
     """(lambda_in, I_P): the trend or the rising rate one start-up ahead, plus the backlog to
     clear, staffed with the square-root rule."""
     base_in = max(long.input_tokens_per_s, rising_rate(mid, long, part.startup_s * params.trend_lead))
-    backlog_in = snapshot.load.prefill_queued_tokens / params.backlog_clear_s
+    backlog_in = snapshot.load.prefill_queued_tokens / clear_s(part, params)
     offered = (base_in + backlog_in) / (params.prefill_utilisation * prefill_velocity(part))
     return base_in, staffed(offered, params.prefill_safety)
 
@@ -142,14 +142,14 @@ def decode_instances(rates: TokenRates, part: PartitionView, utilisation: float)
 
 def decode_with_backlog(snapshot: Snapshot, rates: tuple[TokenRates, ...], part: PartitionView,
                         params: TokenScaleParams) -> int:
-    """I_D over the busier window, scaled up to also clear, within backlog_clear_s, the KV of
+    """I_D over the busier window, scaled up to also clear, within clear_s, the KV of
     prefilled requests no decoder holds yet (at the same length mix)."""
     busiest = max(rates, key=lambda r: decode_load(r, part, params.decode_utilisation))
     load = decode_load(busiest, part, params.decode_utilisation)
     tokens_per_s = sum(map(sum, busiest.bucket_tokens_per_s))
     waiting = max(0, snapshot.load.decode_kv_demand_tokens - snapshot.load.decode_kv_used_tokens)
     if tokens_per_s > 0:
-        load *= 1.0 + waiting / (params.backlog_clear_s * tokens_per_s)
+        load *= 1.0 + waiting / (clear_s(part, params) * tokens_per_s)
     return math.ceil(load - 1e-9)
 
 
@@ -193,18 +193,24 @@ def _weighted_quantile(samples: list[list[float]], quantile: float) -> float:
     return ordered[-1][1]
 
 
+def clear_s(part: PartitionView, params: TokenScaleParams) -> float:
+    """How long a backlog takes to clear: backlog_clear_s once new capacity is there, which takes
+    a start-up (without it, a backlog growing while jobs queue asks for ever more of them)."""
+    return params.backlog_clear_s + part.startup_s
+
+
 def burst_pools(peak_input_rate: float, prefillers: int, decoding: int, min_decoders: int,
                 part: PartitionView, params: TokenScaleParams) -> tuple[int, int, int]:
-    """(prefill, convertible, decode) that prefill a burst's peak on top of the base pools.
+    """(prefill, convertible, decode) that prefill a burst's peak, staffed like the base pool,
+    on top of the base pools.
 
     A convertible prefills at s_C of a prefiller's rate but also decodes, so where it replaces a
     decoder (down to the decode pool's minimum) it costs no extra GPU; beyond that a prefiller
     gives more prefill per GPU."""
-    per_prefiller = params.burst_utilisation * prefill_velocity(part)
-    per_convertible = params.convertible_prefill_share * per_prefiller
-    excess = max(0.0, peak_input_rate - prefillers * per_prefiller)
+    offered = peak_input_rate / (params.burst_utilisation * prefill_velocity(part))
+    excess = max(0.0, offered + params.prefill_safety * math.sqrt(offered) - prefillers)
+    share = params.convertible_prefill_share
     replaceable = max(0, decoding - min_decoders)
-    convertible = min(replaceable, math.ceil(excess / per_convertible - 1e-9))
-    left = max(0.0, excess - convertible * per_convertible)
-    extra = math.ceil(left / per_prefiller - 1e-9)
+    convertible = min(replaceable, math.ceil(excess / share - 1e-9))
+    extra = math.ceil(max(0.0, excess - convertible * share) - 1e-9)
     return prefillers + extra, convertible, decoding - convertible
