@@ -13,13 +13,14 @@ import os
 import subprocess
 import time
 from collections.abc import Iterable, Mapping, Sequence
+from datetime import datetime
 from pathlib import Path
 
 import msgspec
 
 from tsslurm.errors import UserError
 from tsslurm.slurm import parse
-from tsslurm.slurm.parse import JobStatus, NodeInfo, PartitionInfo
+from tsslurm.slurm.parse import JobStatus, JobTimes, NodeInfo, PartitionInfo
 from tsslurm.slurm.render import JobSpec, render_job
 
 log = logging.getLogger(__name__)
@@ -195,6 +196,19 @@ class SlurmAdapter:
     def has_accounting(self) -> bool:
         """True with slurmdbd (real sacct); False means finished jobs come from `sacct -c`."""
         return self.config().get("AccountingStorageType", "") == "accounting_storage/slurmdbd"
+
+    def job_history(self, partition: str, since: datetime) -> list[JobTimes]:
+        """Every job of `partition` (all users) that was pending, running or ended at some time
+        since `since`, from sacct's accounting record (needs slurmdbd: see `has_accounting`).
+        The explicit state list makes sacct include jobs that were still pending."""
+        argv = ["sacct", "-n", "-P", "-X", "--allusers", "--partition", partition,
+                "--state", parse.HISTORY_STATES, "-S", since.strftime("%Y-%m-%dT%H:%M:%S"),
+                "-E", "now", "-o", ",".join(parse.HISTORY_FIELDS)]
+        out = self.run(argv)
+        try:
+            return parse.parse_sacct_history(out)
+        except parse.SlurmParseError as error:
+            raise SlurmError(argv, 0, out, "", f"unexpected output: {error}") from None
 
     def poll(self, job_ids: Iterable[str]) -> PollResult:
         """States of `job_ids`: one squeue for the live ones, one sacct for those that ended."""

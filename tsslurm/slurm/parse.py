@@ -30,6 +30,10 @@ SACCT_FIELDS = ("JobID", "State", "Partition", "NodeList", "Start", "Timelimit",
 JOBCOMP_FIELDS = ("JobID", "State", "Partition", "NodeList", "Start", "Timelimit", "ExitCode",
                   "JobName")
 """What `sacct -c` (jobcomp/filetxt, no slurmdbd) can report: no Reason."""
+HISTORY_FIELDS = ("JobID", "State", "Partition", "NodeList", "Submit", "Eligible", "Start", "End",
+                  "JobName")
+"""What the queue-wait history needs from `sacct` (slurmdbd only: `sacct -c` has no Submit)."""
+HISTORY_STATES = "PD,R,CD,CA,F,TO,NF,OOM,PR,DL,BF"
 SINFO_FIELDS = ("%N", "%P", "%a", "%l", "%T", "%c", "%m", "%G", "%E")
 SINFO_FORMAT = "|".join(SINFO_FIELDS)
 
@@ -74,6 +78,23 @@ class JobStatus(msgspec.Struct, frozen=True, kw_only=True):
     @property
     def running(self) -> bool:
         return self.state in ACTIVE_STATES
+
+
+class JobTimes(msgspec.Struct, frozen=True, kw_only=True):
+    """When one job was submitted, became eligible, started and ended (sacct's record)."""
+
+    job_id: str
+    state: str
+    partition: str
+    name: str = ""
+    submit: datetime | None = None
+    eligible: datetime | None = None
+    """None while held or waiting on a dependency."""
+    start: datetime | None = None
+    """None, or meaningless, for a job that never ran: `ran` says which."""
+    end: datetime | None = None
+    ran: bool = False
+    """True when the job was given nodes (sacct lists `None assigned` for one that never ran)."""
 
 
 class NodeInfo(msgspec.Struct, frozen=True, kw_only=True):
@@ -182,6 +203,19 @@ def parse_sacct(text: str, jobcomp: bool = False) -> dict[str, JobStatus]:
             start_time=parse_time(row["Start"]), time_limit_s=parse_limit(row["Timelimit"]),
             exit_code=exit_code if state in FINAL_STATES else None, signal=sig,
             cancelled_by=by_uid, source="jobcomp" if jobcomp else "sacct")
+    return jobs
+
+
+def parse_sacct_history(text: str) -> list[JobTimes]:
+    """Output of `sacct -n -P -X -o HISTORY_FIELDS`, one JobTimes per line, in sacct's order."""
+    jobs = []
+    for line in _lines(text):
+        row = dict(zip(HISTORY_FIELDS, _split(line, len(HISTORY_FIELDS), "sacct")))
+        jobs.append(JobTimes(
+            job_id=row["JobID"], state=parse_state(row["State"])[0], partition=row["Partition"],
+            name=row["JobName"], submit=parse_time(row["Submit"]),
+            eligible=parse_time(row["Eligible"]), start=parse_time(row["Start"]), end=parse_time(row["End"]),
+            ran=_value(row["NodeList"]) != ""))
     return jobs
 
 

@@ -187,6 +187,11 @@ class VllmEngine:
         return self._collector.worker_stats(self._capacity_tokens, time.monotonic())
 
     @property
+    def vllm_config(self) -> Any:
+        """The running engine's resolved vLLM configuration (model, cache, scheduler)."""
+        return self._running_engine().vllm_config
+
+    @property
     def kv_dir(self) -> Path:
         """Where the ExampleConnector keeps KV files: under the deployment state directory."""
         return self.state_dir / "kv-example"
