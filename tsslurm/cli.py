@@ -76,6 +76,88 @@ def broker(profile: str, state_dir: Path | None, host: str | None, client_port: 
         f"{c.worker_address}, state {root}", err=True), **overrides)
 
 
+@cli.command("up")
+@click.option("--profile", "-p", default=DEFAULT_PROFILE, show_default=True)
+@click.option("--backend", type=click.Choice(["slurm", "local"]), default=None,
+              help="Where workers run [slurm when the profile's partitions are in a reachable "
+                   "cluster, else local]")
+@click.option("--policy", default=None, help="Policy reference overriding the profile's "
+                                             "(tokenscale, aibrix@kv_target=0.5, module:function)")
+@click.option("--state-dir", type=click.Path(file_okay=False), default=None,
+              help="Deployment state directory (default: the profile's state_dir)")
+@click.option("--detach", is_flag=True, help="Run as a daemon (pid file in the state directory)")
+@click.option("--broker-in-job", is_flag=True,
+              help="Run the broker itself in a small CPU Slurm job (login nodes that forbid "
+                   "long-running processes)")
+@click.option("--broker-partition", default="cpu", show_default=True,
+              help="Partition of the --broker-in-job job")
+@click.option("--broker-time", default="1-00:00:00", show_default=True,
+              help="Time limit of the --broker-in-job job")
+@click.option("--job-prefix", default=None, help="Job names <prefix>-<role> [tsslurm-<deployment>]")
+@click.option("--metrics-port", type=click.IntRange(0, 65535), default=None,
+              help="Prometheus port (0: any free port) [the profile's broker.metrics_port]")
+@click.option("--demo", is_flag=True, help="Send one prompt once a worker is ready; print it")
+@click.option("--log-level", default="INFO", show_default=True)
+def up(**options: object) -> None:
+    """Start a deployment: the broker, its autoscaler and the workers; serve until Ctrl-C."""
+    import logging
+
+    from tsslurm.broker.up import UpOptions
+
+    chosen = UpOptions(**options)  # type: ignore[arg-type]
+    logging.basicConfig(level=chosen.log_level.upper(),
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    say = lambda message: click.echo(message, err=True)
+    if chosen.broker_in_job:
+        from tsslurm.broker.control import broker_in_job
+
+        broker_in_job(chosen, say)
+    elif chosen.detach:
+        from tsslurm.broker.control import detach
+
+        detach(chosen, say)
+    else:
+        from tsslurm.broker.up import run
+
+        run(chosen, say)
+
+
+def _deployment_root(profile: str, state_dir: Path | None) -> Path:
+    from tsslurm.profile import load_profile
+    from tsslurm.profile import state_dir as profile_state_dir
+
+    return state_dir.expanduser() if state_dir else profile_state_dir(load_profile(profile))
+
+
+@cli.command("down")
+@click.option("--profile", "-p", default=DEFAULT_PROFILE, show_default=True)
+@click.option("--state-dir", type=click.Path(file_okay=False, path_type=Path), default=None)
+@click.option("--now", is_flag=True, help="Cancel every job at once instead of draining")
+def down(profile: str, state_dir: Path | None, now: bool) -> None:
+    """Drain and cancel every job of a deployment, then stop its broker."""
+    from tsslurm.broker.control import down as take_down
+
+    take_down(_deployment_root(profile, state_dir), now, lambda m: click.echo(m, err=True))
+
+
+@cli.command("status")
+@click.option("--profile", "-p", default=DEFAULT_PROFILE, show_default=True)
+@click.option("--state-dir", type=click.Path(file_okay=False, path_type=Path), default=None)
+@click.option("--json", "as_json", is_flag=True, help="The whole status as JSON")
+@click.option("--watch", is_flag=True, help="Refresh every second until Ctrl-C")
+def status(profile: str, state_dir: Path | None, as_json: bool, watch: bool) -> None:
+    """Pools, jobs, arrival rates vs provisioned velocities, SLO attainment, last decisions."""
+    from tsslurm.broker.control import status_report
+
+    root = _deployment_root(profile, state_dir)
+    while True:
+        report = status_report(root, as_json)
+        click.echo(("\x1b[2J\x1b[H" if watch and not as_json else "") + report)
+        if not watch:
+            return
+        time.sleep(1.0)
+
+
 @cli.command("generate")
 @click.argument("prompt")
 @click.option("--max-tokens", "-n", type=click.IntRange(1), default=64, show_default=True)
@@ -181,6 +263,29 @@ def simulate(**options: object) -> None:
     from tsslurm.sim.command import SimulateArgs, run_simulate
 
     run_simulate(SimulateArgs(**options))  # type: ignore[arg-type]
+
+
+@cli.command("profile")
+@click.option("--profile", "-p", "profile", default=DEFAULT_PROFILE, show_default=True,
+              help="Profile path or name under profiles/")
+@click.option("--partition", default=None, help="Partition to measure [the profile's first]")
+@click.option("--local", is_flag=True, help="Measure this machine (a subprocess), not a Slurm job")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Write a new profile here instead of updating PROFILE")
+@click.option("--quick", is_flag=True, help="Fewer points and repeats (a few minutes)")
+@click.option("--days", type=click.FloatRange(min=0, min_open=True), default=14.0,
+              show_default=True, help="Queue-wait history to read from Slurm's accounting")
+@click.option("--job-name", default=None, help="Slurm job name [tsslurm-DEPLOYMENT-profile-PART]")
+def profile(**options: object) -> None:
+    """Measure V_P, the decode step, V_D per bucket, V_N, KV size, start-up and queue wait of one
+    partition (as a Slurm job through submitit) and write them into the profile."""
+    from tsslurm.profile import load_profile
+    from tsslurm.profiler.command import ProfileArgs, choose_partition, run_profile, summary
+
+    args = ProfileArgs(**options)  # type: ignore[arg-type]
+    before = choose_partition(load_profile(args.profile), args.partition)
+    written = run_profile(args, lambda line: click.echo(line, err=True))
+    click.echo(summary(written, before))
 
 
 @cli.group("dev-cluster")

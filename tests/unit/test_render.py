@@ -43,7 +43,7 @@ CPU = Partition(name="cpu", gpus_per_instance=1, cpus_per_instance=2, mem="4G",
 
 def _env(role: str) -> dict[str, str]:
     return {
-        "TSSLURM_ROLE": role, "TSSLURM_BROKER": "tcp://head-node:5555",
+        "TSSLURM_ROLE": role, "TSSLURM_BROKER_ADDRESS": "tcp://head-node:5555",
         "TSSLURM_STATE_DIR": "/home/alice/.tsslurm/llama3-8b",
         "TSSLURM_PROFILE": "/home/alice/profiles/llama 3.yaml", "TSSLURM_PARTITION": "a100",
     }

@@ -92,6 +92,21 @@ class WorkerLifecycle:
         self._mark_draining(worker, now, reason)
         return True
 
+    def drain_job(self, job_id: str, now: float, reason: str = "") -> bool:
+        """`drain` the worker of a job (the autoscaler knows jobs); False when none is connected."""
+        worker = self.pool.find_job(job_id)
+        return worker is not None and self.drain(worker.worker_id, now, reason)
+
+    def drop_job(self, job_id: str, now: float, reason: str) -> bool:
+        """The job ended (Slurm says so) while its worker still looked connected: drop it now and
+        re-route what it held, without waiting for its heartbeats to expire."""
+        worker = self.pool.find_job(job_id)
+        if worker is None:
+            return False
+        self.outbox.send(worker.identity, Command.DISCONNECT, Disconnect(reason=reason, fatal=True))
+        self._lose(worker, now, reason, retry=True, change="lost")
+        return True
+
     def beat(self, now: float) -> None:
         """Heartbeat every worker and drop the silent ones."""
         beat = BrokerBeat(time=now)

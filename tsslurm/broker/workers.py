@@ -110,6 +110,10 @@ class WorkerPool:
     def find(self, worker_id: str) -> Worker | None:
         return next((w for w in self.workers if w.worker_id == worker_id), None)
 
+    def find_job(self, job_id: str) -> Worker | None:
+        """The worker serving in the job `job_id` (READY's job id), if it is connected."""
+        return next((w for w in self.workers if w.info.job_id == job_id), None)
+
     def views(self) -> list[WorkerView]:
         return [worker.view() for worker in self.workers]
 

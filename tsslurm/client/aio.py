@@ -153,6 +153,8 @@ class AsyncClient(ClientBase):
                 await self._check_broker(silent)
 
     async def _check_broker(self, silent: list[Call]) -> None:
+        for call in silent:  # idempotent; a broker restarted on the same address starts it afresh
+            self._send(call.submission())
         if await self._alive():
             self._failures = 0
             for call in silent:

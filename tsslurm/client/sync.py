@@ -66,13 +66,19 @@ class Client(ClientBase):
                 self._dispatch(self._sock.recv_multipart())
                 if len(call.tokens) != held:
                     yield None
-            elif not self._alive():
+            elif not self._probe(call):
                 failures += 1
                 if failures > self.reconnects:
                     raise self._unreachable(call)
                 self._sock.close(linger=0)
                 self._sock = self._socket(self._context)
                 self._send(call.submission())
+
+    def _probe(self, call: Call) -> bool:
+        """A silent request: re-SUBMIT it (idempotent: a broker that knows it ignores this; one
+        restarted on the same address starts it afresh), then check that the broker answers."""
+        self._send(call.submission())
+        return self._alive()
 
     def _alive(self) -> bool:
         if not self._send(encode(Command.PING, Ping(nonce=1))):

@@ -8,7 +8,13 @@ network; the engine side (an asyncio loop, worker.py) and this thread meet in tw
   turn (the worker hands them to its loop with call_soon_threadsafe): the broker's WORK / ABORT /
   DRAIN / fatal DISCONNECT frames, and [b"@reset"] when the link registered again (the broker went
   silent or asked for it): what the engine still holds was re-routed and must be aborted.
-Heartbeats carry `stats_body`, the latest WorkerStats the engine side encoded."""
+Heartbeats carry `stats_body`, the latest WorkerStats the engine side encoded.
+
+A "register again" that comes within a heartbeat of the last READY answers messages queued
+before it (a broker restarting on the same address receives the heartbeats the socket held) and
+is ignored. Once the engine side's DISCONNECT has gone out the link is leaving: no more heartbeats, no
+reconnection and no answer to the broker's "register again", so a worker shutting its engine
+down is never routed work again."""
 
 from __future__ import annotations
 
@@ -89,7 +95,7 @@ class BrokerLink:
 
     def _turn(self, poller: zmq.Poller, from_engine: zmq.Socket, state: _LinkState) -> bool:
         timeout_ms = max(1, int(1000 * (state.next_beat - time.monotonic()))) \
-            if state.dealer is not None else int(1000 * self._heartbeat_s)
+            if state.dealer is not None and not state.leaving else int(1000 * self._heartbeat_s)
         events = dict(poller.poll(timeout_ms))
         if from_engine in events and not self._from_engine(from_engine, poller, state):
             return False
@@ -105,8 +111,10 @@ class BrokerLink:
                 self._connect(poller, state, reset=False)
             elif frames[0] == STOP:
                 return False
-            elif state.dealer is not None:
-                _to_broker(state.dealer, frames)
+            else:
+                state.leaving = state.leaving or (len(frames) == 3 and frames[1] == _DISCONNECT)
+                if state.dealer is not None:
+                    _to_broker(state.dealer, frames)
         return True
 
     def _from_broker(self, state: _LinkState) -> None:
@@ -117,15 +125,19 @@ class BrokerLink:
             if len(frames) == 3 and frames[1] == _HEARTBEAT:
                 continue
             if len(frames) == 3 and frames[1] == _DISCONNECT and not _is_fatal(frames):
+                if state.leaving or time.monotonic() - state.ready_sent < self._heartbeat_s:
+                    continue  # leaving; or an answer to messages queued before the last READY
                 log.warning("the broker asked this worker to register again")
                 messages.append([RESET])
-                _to_broker(state.dealer, state.ready)
+                self._send_ready(state)
                 continue
             messages.append(frames)
         if messages:
             self._deliver(messages)
 
     def _keep_alive(self, poller: zmq.Poller, state: _LinkState) -> None:
+        if state.leaving:
+            return
         now = time.monotonic()
         if state.ready and state.dealer is None and now >= state.next_beat:
             self._connect(poller, state, reset=False)
@@ -155,15 +167,23 @@ class BrokerLink:
             return
         state.dealer = _dealer(self.context, target)
         poller.register(state.dealer, zmq.POLLIN)
-        _to_broker(state.dealer, state.ready)
+        self._send_ready(state)
         state.heard = now
+
+    @staticmethod
+    def _send_ready(state: _LinkState) -> None:
+        assert state.dealer is not None
+        _to_broker(state.dealer, state.ready)
+        state.ready_sent = time.monotonic()
 
 
 class _LinkState:
-    __slots__ = ("dealer", "heard", "next_beat", "ready")
+    __slots__ = ("dealer", "heard", "leaving", "next_beat", "ready", "ready_sent")
 
     def __init__(self) -> None:
         self.dealer: zmq.Socket | None = None
+        self.leaving = False
+        self.ready_sent = -1e9
         self.ready: list[bytes] = []
         self.heard = time.monotonic()
         self.next_beat = time.monotonic()

@@ -9,7 +9,9 @@ Variables (the contract with tsslurm/slurm's sbatch rendering):
   TSSLURM_CONNECTION_FILE  the broker's connection file (default: STATE_DIR/connection.json)
   TSSLURM_BROKER_ADDRESS   tcp://host:port of the broker's worker socket; overrides the
                            connection file's address (keys still come from the state dir)
-  TSSLURM_WORKER_ID        default: <role>-<SLURM_JOB_ID>, or <role>-<host>-<pid> outside Slurm
+  TSSLURM_WORKER_ID        default: <role>-<job id>, or <role>-<host>-<pid> without one
+  TSSLURM_JOB_ID           the job id READY reports when the worker is not a Slurm job (the local
+                           backend's ids); default SLURM_JOB_ID
   TSSLURM_LOG_LEVEL        default INFO
   TSSLURM_MOCK_FAIL_AFTER_S  mock engine only: die that many seconds after starting (tests of
                            fatal engine errors)
@@ -25,6 +27,17 @@ from pathlib import Path
 import msgspec
 
 from tsslurm.errors import UserError
+
+ENV_ROLE = "TSSLURM_ROLE"
+ENV_PROFILE = "TSSLURM_PROFILE"
+ENV_PARTITION = "TSSLURM_PARTITION"
+ENV_STATE_DIR = "TSSLURM_STATE_DIR"
+ENV_CONNECTION_FILE = "TSSLURM_CONNECTION_FILE"
+ENV_BROKER_ADDRESS = "TSSLURM_BROKER_ADDRESS"
+ENV_WORKER_ID = "TSSLURM_WORKER_ID"
+ENV_JOB_ID = "TSSLURM_JOB_ID"
+ENV_LOG_LEVEL = "TSSLURM_LOG_LEVEL"
+ENV_MOCK_FAIL_AFTER_S = "TSSLURM_MOCK_FAIL_AFTER_S"
 
 ROLES = {"prefill": "prefiller", "prefiller": "prefiller", "decode": "decoder",
          "decoder": "decoder", "convertible": "convertible"}
@@ -50,29 +63,42 @@ class LauncherSettings(msgspec.Struct, frozen=True, kw_only=True):
 
 
 def settings_from_env(env: Mapping[str, str] = os.environ) -> LauncherSettings:
-    role = env.get("TSSLURM_ROLE", "")
+    role = env.get(ENV_ROLE, "")
     if role not in ROLES:
-        raise SettingsError(f"TSSLURM_ROLE={role!r}: set it to prefill, decode or convertible")
-    profile = env.get("TSSLURM_PROFILE", "")
+        raise SettingsError(f"{ENV_ROLE}={role!r}: set it to prefill, decode or convertible")
+    profile = env.get(ENV_PROFILE, "")
     if not profile:
-        raise SettingsError("TSSLURM_PROFILE is not set: the launcher needs the deployment profile")
-    address = env.get("TSSLURM_BROKER_ADDRESS") or None
+        raise SettingsError(f"{ENV_PROFILE} is not set: the launcher needs the deployment profile")
+    address = env.get(ENV_BROKER_ADDRESS) or None
     if address is not None and not address.startswith("tcp://"):
-        raise SettingsError(f"TSSLURM_BROKER_ADDRESS={address!r}: expected tcp://host:port")
-    job_id = env.get("SLURM_JOB_ID") or None
-    fail_after = env.get("TSSLURM_MOCK_FAIL_AFTER_S") or None
+        raise SettingsError(f"{ENV_BROKER_ADDRESS}={address!r}: expected tcp://host:port")
+    job_id = env.get(ENV_JOB_ID) or env.get("SLURM_JOB_ID") or None
+    fail_after = env.get(ENV_MOCK_FAIL_AFTER_S) or None
     try:
         mock_fail_after_s = float(fail_after) if fail_after is not None else None
     except ValueError:
-        raise SettingsError(f"TSSLURM_MOCK_FAIL_AFTER_S={fail_after!r}: expected seconds") from None
+        raise SettingsError(f"{ENV_MOCK_FAIL_AFTER_S}={fail_after!r}: expected seconds") from None
     node = env.get("SLURMD_NODENAME") or socket.gethostname()
     default_id = f"{ROLES[role]}-{job_id}" if job_id else f"{ROLES[role]}-{node}-{os.getpid()}"
     return LauncherSettings(
-        role=ROLES[role], profile=profile, partition=env.get("TSSLURM_PARTITION") or None,
-        state_dir=env.get("TSSLURM_STATE_DIR") or None,
-        connection_file=env.get("TSSLURM_CONNECTION_FILE") or None, broker_address=address,
-        worker_id=env.get("TSSLURM_WORKER_ID") or default_id, job_id=job_id, node=node,
-        log_level=env.get("TSSLURM_LOG_LEVEL", "INFO").upper(), mock_fail_after_s=mock_fail_after_s)
+        role=ROLES[role], profile=profile, partition=env.get(ENV_PARTITION) or None,
+        state_dir=env.get(ENV_STATE_DIR) or None,
+        connection_file=env.get(ENV_CONNECTION_FILE) or None, broker_address=address,
+        worker_id=env.get(ENV_WORKER_ID) or default_id, job_id=job_id, node=node,
+        log_level=env.get(ENV_LOG_LEVEL, "INFO").upper(), mock_fail_after_s=mock_fail_after_s)
+
+
+def launcher_env(role: str, profile: str, partition: str, state_dir: str, *,
+                 job_id: str | None = None, broker_address: str | None = None,
+                 log_level: str | None = None) -> dict[str, str]:
+    """The environment a job needs to run the launcher (what the autoscaler's backends export)."""
+    env = {ENV_ROLE: role, ENV_PROFILE: profile, ENV_PARTITION: partition,
+           ENV_STATE_DIR: state_dir}
+    for key, value in ((ENV_JOB_ID, job_id), (ENV_BROKER_ADDRESS, broker_address),
+                       (ENV_LOG_LEVEL, log_level)):
+        if value is not None:
+            env[key] = value
+    return env
 
 
 def connection_file(settings: LauncherSettings, state_dir: Path) -> Path:

@@ -3,10 +3,13 @@ through the link thread (link.py; its messages arrive on an asyncio queue), serv
 (everything that became ready in one loop turn goes in one message).
 
 How it ends:
-- SIGTERM, SIGUSR1 (Slurm's pre-time-limit signal) or SIGINT: abort what is in flight, send the
-  outputs already produced, DISCONNECT with those requests handed back (the broker continues them
-  elsewhere from the tokens it has), shut the engine down, exit 0.
-- DRAIN from the broker: take no more work, finish what is in flight, DISCONNECT, exit 0.
+- SIGTERM or SIGINT: abort what is in flight, send the outputs already produced, DISCONNECT with
+  those requests handed back (the broker continues them elsewhere from the tokens it has), shut
+  the engine down, exit 0.
+- DRAIN from the broker, or SIGUSR1 (Slurm's warning before the time limit): take no more work
+  (heartbeats say draining, so the broker stops routing here and the autoscaler replaces the
+  worker), finish what is in flight, DISCONNECT, exit 0. A SIGTERM at the time limit hands back
+  whatever is still running.
 - a fatal engine error: DISCONNECT fatal, exit 1.   - refused by the broker: exit 1."""
 
 from __future__ import annotations
@@ -66,8 +69,9 @@ class WorkerRuntime:
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
         self._done = loop.create_future()
-        for signum in (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT):
+        for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, self._end, HAND_BACK, 0, signal.Signals(signum).name)
+        loop.add_signal_handler(signal.SIGUSR1, self._drain, "SIGUSR1: the time limit is near")
         try:
             info = await self.engine.start()
         except Exception as error:
@@ -112,11 +116,15 @@ class WorkerRuntime:
             for request_id in body.request_ids:
                 await self._abort(request_id)
         elif command is Command.DRAIN:
-            log.info("draining: %s", body.reason or "asked by the broker")
-            self._draining = True
-            self._check_drained()
+            self._drain(body.reason or "asked by the broker")
         elif command is Command.DISCONNECT:
             self._end(REFUSED, 1, body.reason)
+
+    def _drain(self, reason: str) -> None:
+        if not self._draining:
+            log.info("draining: %s", reason)
+        self._draining = True
+        self._check_drained()
 
     def _start(self, item: WorkItem) -> None:
         if self._draining or self._ending:

@@ -43,7 +43,8 @@ class JobSpec(msgspec.Struct, frozen=True, kw_only=True):
     log_dir: str
     """Absolute directory for the job's stdout/stderr (`<name>-<jobid>.out/.err`); must exist."""
     env: dict[str, str] = {}
-    """Exported before the command (TSSLURM_ROLE, TSSLURM_BROKER, TSSLURM_STATE_DIR, ...)."""
+    """Exported before the command: the launcher's variables, built by
+    `tsslurm.launcher.settings.launcher_env` (TSSLURM_ROLE, TSSLURM_STATE_DIR, ...)."""
     command: list[str] | None = None
     """argv of the job; default: this Python running `-m tsslurm.launcher`."""
     gpus: int | None = None
