@@ -194,3 +194,12 @@ def test_targets_stay_within_bounds_and_budget(inputs: float, outputs: float, bu
         assert getattr(pools, role).min <= total <= getattr(pools, role).max
     assert sum(totals.values()) <= budget
     assert sum(a.count for a in step.actions if isinstance(a, Submit)) == sum(totals.values())
+
+
+@pytest.mark.parametrize("most", [0, 2])
+def test_convertibles_replace_decoders_only_up_to_their_pool_maximum(most: int) -> None:
+    pools = bounds(convertible=(0, most))
+    snap = snapshot(token_rates=rates(20_000.0, 60_000.0, short=3.0), pool_bounds=pools)
+    totals = _totals(decide(snap, TokenScaleParams(), {}).targets)
+    assert totals["convertible"] == most
+    assert totals["decode"] + totals["convertible"] == _decoding(80_000, burst=3.0)

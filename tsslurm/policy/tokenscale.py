@@ -28,6 +28,7 @@ from msgspec import Meta
 from tsslurm.policy.reconcile import placed, reference_partition
 from tsslurm.policy.registry import register
 from tsslurm.policy.snapshot import Decision, PartitionView, Snapshot, TokenRates
+from tsslurm.profile.schema import Pools
 
 Fraction = Annotated[float, Meta(gt=0, le=1)]
 BURST_SAMPLE_S = 10.0
@@ -79,8 +80,8 @@ def decide(snapshot: Snapshot, params: TokenScaleParams, state: dict[str, Any]) 
               math.ceil(params.decode_burst * burst
                         * decode_load(trend, decode_part, params.decode_utilisation) - 1e-9))
     peak_in = max(short.input_tokens_per_s, burst * trend.input_tokens_per_s)
-    prefill, convertible, decode = burst_pools(peak_in, i_p, i_d, snapshot.bounds.decode.min,
-                                               prefill_part, params)
+    prefill, convertible, decode = burst_pools(peak_in, i_p, i_d, snapshot.bounds, prefill_part,
+                                               params)
     reasons = [
         f"lambda_in {base_in:.0f} tok/s with its backlog -> {i_p} prefill",
         f"lambda' {sum(map(sum, mid.bucket_tokens_per_s)):.0f} tok/s -> {i_d} decoding",
@@ -199,18 +200,18 @@ def clear_s(part: PartitionView, params: TokenScaleParams) -> float:
     return params.backlog_clear_s + part.startup_s
 
 
-def burst_pools(peak_input_rate: float, prefillers: int, decoding: int, min_decoders: int,
+def burst_pools(peak_input_rate: float, prefillers: int, decoding: int, bounds: Pools,
                 part: PartitionView, params: TokenScaleParams) -> tuple[int, int, int]:
     """(prefill, convertible, decode) that prefill a burst's peak, staffed like the base pool,
     on top of the base pools.
 
     A convertible prefills at s_C of a prefiller's rate but also decodes, so where it replaces a
-    decoder (down to the decode pool's minimum) it costs no extra GPU; beyond that a prefiller
-    gives more prefill per GPU."""
+    decoder (down to the decode pool's minimum, up to the convertible pool's maximum) it costs
+    no extra GPU; beyond that a prefiller gives more prefill per GPU."""
     offered = peak_input_rate / (params.burst_utilisation * prefill_velocity(part))
     excess = max(0.0, offered + params.prefill_safety * math.sqrt(offered) - prefillers)
     share = params.convertible_prefill_share
-    replaceable = max(0, decoding - min_decoders)
+    replaceable = min(bounds.convertible.max, max(0, decoding - bounds.decode.min))
     convertible = min(replaceable, math.ceil(excess / share - 1e-9))
     extra = math.ceil(max(0.0, excess - convertible * share) - 1e-9)
     return prefillers + extra, convertible, decoding - convertible
