@@ -131,22 +131,38 @@ def predicted_batch(cell: Cell, step: DecodeStep, target_s: float) -> int:
 
 
 def next_batch(cell: Cell, tried: Sequence[LockstepSample], target_s: float) -> int | None:
-    """The next batch to try for a cell, or None when the search is done: it brackets the
-    largest batch whose measured step meets target_s, scaling by the measured step at first."""
+    """The next batch to try for a cell, or None when the search is done: done at the cap, when
+    the largest batch meeting target_s steps within 10 % of it, or when that batch and the
+    smallest one missing it are within 10 %; otherwise the step's secant (straight line through
+    two measured batches) solved for target_s, kept strictly inside the bracket."""
     met = [s for s in tried if s.step_s <= target_s]
     missed = [s for s in tried if s.step_s > target_s]
     low = max(met, key=lambda s: s.batch, default=None)
     high = min(missed, key=lambda s: s.batch, default=None)
-    if low is not None and (low.batch >= cell.batch_cap or _bracketed(low, high)):
+    if low is not None and (low.batch >= cell.batch_cap or _bracketed(low, high)
+                            or low.step_s >= (1 - SEARCH_CLOSE_ENOUGH) * target_s):
         return None
-    if low is None:
-        assert high is not None
-        if high.batch == 1:
+    if low is None and (high is None or high.batch == 1):
+        return None
+    floor = low.batch + 1 if low is not None else 1
+    ceiling = high.batch - 1 if high is not None else cell.batch_cap
+    nearest = low if low is not None else high
+    assert nearest is not None
+    guess = _secant(low, high, tried, target_s) or int(nearest.batch * target_s / nearest.step_s)
+    return min(ceiling, max(floor, guess))
+
+
+def _secant(low: LockstepSample | None, high: LockstepSample | None,
+            tried: Sequence[LockstepSample], target_s: float) -> int | None:
+    if low is not None and high is not None:
+        a, b = low, high
+    else:
+        distinct = sorted({s.batch: s for s in tried}.values(), key=lambda s: s.batch)
+        if len(distinct) < 2:
             return None
-        return max(1, min(high.batch - 1, int(high.batch * target_s / high.step_s)))
-    if high is None:
-        return min(cell.batch_cap, max(low.batch + 1, int(low.batch * target_s / low.step_s)))
-    return (low.batch + high.batch) // 2
+        a, b = distinct[-2:]
+    slope = (b.step_s - a.step_s) / (b.batch - a.batch)
+    return int(b.batch + (target_s - b.step_s) / slope) if slope > 0 else None
 
 
 def _bracketed(low: LockstepSample, high: LockstepSample | None) -> bool:

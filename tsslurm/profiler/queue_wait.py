@@ -67,8 +67,9 @@ def _ready_at(job: JobTimes) -> datetime | None:
 
 
 def fit_queue_wait(waits: Waits) -> QueueWaitFit:
-    """fixed, exponential or lognormal, whichever describes the started jobs' waits best (AIC);
-    the exponential's mean counts the censored waits (its maximum-likelihood estimate)."""
+    """fixed, exponential or lognormal, whichever describes the started jobs' waits best (AIC,
+    both fitted to those waits); the exponential's mean then counts the censored waits too (its
+    maximum-likelihood estimate with right-censoring)."""
     started, censored = waits.observed, waits.censored
     evidence = f"{len(started)} started jobs, {len(censored)} censored"
     if len(started) < MIN_STARTED_JOBS:
@@ -80,7 +81,7 @@ def fit_queue_wait(waits: Waits) -> QueueWaitFit:
     exp_mean = (sum(started) + sum(censored)) / len(started)
     shifted = [wait + CLOCK_RESOLUTION_S / 2 for wait in started]
     mu, sigma = _lognormal_mle(shifted)
-    aic_exp = 2 - 2 * _exponential_loglik(shifted, exp_mean + CLOCK_RESOLUTION_S / 2)
+    aic_exp = 2 - 2 * _exponential_loglik(shifted, sum(shifted) / len(shifted))
     aic_log = 4 - 2 * _lognormal_loglik(shifted, mu, sigma)
     if aic_exp <= aic_log or sigma <= 0:
         return QueueWaitFit(QueueWait(distribution="exponential", mean_s=round(exp_mean, 2)),

@@ -84,12 +84,13 @@ def _line_end(text: str, index: int) -> int:
 def render_entry(name: str, value: Any, indent: int) -> str:
     """`name: value` as block YAML whose continuation lines are indented for column `indent`."""
     inner = " " * (indent + 2)
+    key = _scalar(name)
     if isinstance(value, Mapping) and value and not _small_flat(value):
-        return f"{name}:" + "".join(f"\n{inner}{render_entry(k, v, indent + 2)}"
-                                    for k, v in value.items())
+        return f"{key}:" + "".join(f"\n{inner}{render_entry(k, v, indent + 2)}"
+                                   for k, v in value.items())
     if _is_grid(value):
-        return f"{name}:" + "".join(f"\n{inner}- {_flow(row)}" for row in value)
-    return f"{name}: {_flow(value)}"
+        return f"{key}:" + "".join(f"\n{inner}- {_flow(row)}" for row in value)
+    return f"{key}: {_flow(value)}"
 
 
 def _small_flat(value: Mapping[str, Any]) -> bool:
@@ -111,7 +112,10 @@ def _flow(value: Any) -> str:
 
 
 def _scalar(value: Any) -> str:
-    dumped = yaml.safe_dump(value, default_flow_style=True, width=10_000, allow_unicode=True)
+    """One scalar as YAML; whole floats without `.0` (numbers load back as the field's type)."""
+    if isinstance(value, float) and value.is_integer() and abs(value) < 1e15:
+        value = int(value)
+    dumped = yaml.safe_dump(value, default_flow_style=True, width=10_000, allow_unicode=False)
     return dumped.removesuffix("\n").removesuffix("\n...").strip()
 
 
