@@ -39,14 +39,17 @@ def log_of(spec: JobSpec, job_id: str) -> str:
 
 
 def wait_for(adapter: SlurmAdapter, job_id: str, states: Iterable[str],
-             timeout_s: float = 30.0, interval_s: float = 0.2) -> JobStatus:
-    """Poll until the job is in one of `states`; fails with the last status seen."""
+             timeout_s: float = 30.0, interval_s: float = 0.2, accounted: bool = False) -> JobStatus:
+    """Poll until the job is in one of `states` (with `accounted`, as Slurm's accounting records
+    it, exit code included: squeue knows a job ended before sacct does); fails with the last
+    status seen."""
     wanted = set(states)
     deadline = time.monotonic() + timeout_s
     status = None
     while time.monotonic() < deadline:
         status = adapter.poll([job_id]).statuses.get(job_id)
-        if status is not None and status.state in wanted:
+        if (status is not None and status.state in wanted
+                and not (accounted and status.source == "squeue")):
             return status
         time.sleep(interval_s)
     raise AssertionError(f"job {job_id} not in {sorted(wanted)} after {timeout_s:g} s: {status}")

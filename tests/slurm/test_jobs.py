@@ -19,7 +19,7 @@ sleep 2
 """
 
 
-@pytest.mark.timeout(60)
+@pytest.mark.timeout(90)
 def test_gpu_jobs_run_then_complete_on_both_partitions(slurm, tmp_path: Path) -> None:
     adapter = slurm.adapter
     jobs = {}
@@ -30,7 +30,7 @@ def test_gpu_jobs_run_then_complete_on_both_partitions(slurm, tmp_path: Path) ->
         running = wait_for(adapter, job_id, {"RUNNING"} | FINAL_STATES, timeout_s=20)
         assert running.partition == kind
     for kind, (spec, job_id) in jobs.items():
-        done = wait_for(adapter, job_id, FINAL_STATES, timeout_s=30)
+        done = wait_for(adapter, job_id, FINAL_STATES, timeout_s=40, accounted=True)
         assert (done.state, done.exit_code) == ("COMPLETED", 0), log_of(spec, job_id)
         assert done.nodes.startswith(f"{kind}-")
         log = log_of(spec, job_id)
@@ -66,7 +66,7 @@ def test_drain_signal_reaches_the_batch_script(slurm, tmp_path: Path) -> None:
     wait_for(slurm.adapter, job_id, {"RUNNING"})
     wait_for_log(spec, job_id, "ready")
     slurm.adapter.cancel([job_id], signal="USR1", batch_only=True)
-    done = wait_for(slurm.adapter, job_id, FINAL_STATES, timeout_s=20)
+    done = wait_for(slurm.adapter, job_id, FINAL_STATES, timeout_s=40, accounted=True)
     assert (done.state, done.exit_code) == ("COMPLETED", 0)
     assert "drain requested" in log_of(spec, job_id)
 
@@ -87,6 +87,6 @@ def test_hold_and_release(slurm, tmp_path: Path) -> None:
     held_id = adapter.submit(render_job(held), ["--hold"])
     assert wait_for(adapter, held_id, {"PENDING"}).reason == "JobHeldUser"
     adapter.release([held_id])
-    done = wait_for(adapter, held_id, FINAL_STATES, timeout_s=20)
+    done = wait_for(adapter, held_id, FINAL_STATES, timeout_s=40, accounted=True)
     assert (done.state, done.exit_code) == ("COMPLETED", 0)
     assert "released" in log_of(held, held_id)

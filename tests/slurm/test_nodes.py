@@ -59,7 +59,7 @@ def test_drained_node_keeps_a_job_pending_until_resumed(slurm, spare_node: str,
     status = adapter.poll([job_id]).statuses[job_id]
     assert status.pending and "DRAINED" in status.reason
     adapter.set_node_state(spare_node, "RESUME")
-    done = wait_for(adapter, job_id, FINAL_STATES, timeout_s=20)
+    done = wait_for(adapter, job_id, FINAL_STATES, timeout_s=40, accounted=True)
     assert (done.state, done.exit_code, done.nodes) == ("COMPLETED", 0, spare_node)
 
 

@@ -11,7 +11,7 @@ import pytest
 
 from tsslurm.errors import UserError
 from tsslurm.slurm import parse
-from tsslurm.slurm.adapter import UNCONFIRMED_POLLS, SlurmAdapter, SlurmError
+from tsslurm.slurm.adapter import UNCONFIRMED_S, SlurmAdapter, SlurmError
 
 DATA = Path(__file__).parents[1] / "data" / "slurm"
 Responder = Callable[[list[str]], str]
@@ -89,13 +89,17 @@ def test_sacct_is_asked_only_about_jobs_that_ended() -> None:
     assert result.missing == ("999",) and not result.stale
 
 
-def test_an_unconfirmed_final_state_is_cached_after_a_few_polls() -> None:
+def test_an_unconfirmed_final_state_is_cached_once_accounting_missed_it_long_enough() -> None:
     final = recorded("accounting", "squeue_final")
     adapter = ReplayAdapter({"squeue": lambda argv: only(final, requested_ids(argv)),
                              "sacct": lambda argv: ""})
-    for _ in range(UNCONFIRMED_POLLS):
+    now = [0.0]
+    adapter.clock = lambda: now[0]
+    for _ in range(int(UNCONFIRMED_S) + 1):
         status = adapter.poll(["5"]).statuses["5"]
         assert status.state == "CANCELLED" and status.source == "squeue"
+        assert adapter.commands()[-1] == "sacct", "sacct is asked again while it lags"
+        now[0] += 1.0
     adapter.calls.clear()
     adapter.poll(["5"])
     assert adapter.commands() == []

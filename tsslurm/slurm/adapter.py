@@ -12,7 +12,7 @@ import logging
 import os
 import subprocess
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
 
@@ -26,7 +26,7 @@ from tsslurm.slurm.render import JobSpec, render_job
 log = logging.getLogger(__name__)
 
 DEFAULT_TIMEOUT_S = 20.0
-UNCONFIRMED_POLLS = 5
+UNCONFIRMED_S = 30.0
 NODE_STATES = frozenset({"DOWN", "DRAIN", "RESUME", "UNDRAIN", "IDLE", "FAIL"})
 _ALREADY_DONE = ("already completing or completed", "Job has already finished")
 
@@ -60,12 +60,13 @@ class SlurmAdapter:
     """Runs Slurm's client commands against one cluster (the one `env`'s SLURM_CONF names)."""
 
     def __init__(self, env: Mapping[str, str] | None = None,
-                 timeout_s: float = DEFAULT_TIMEOUT_S):
+                 timeout_s: float = DEFAULT_TIMEOUT_S, clock: Callable[[], float] = time.monotonic):
         self.env = dict(os.environ if env is None else env)
         self.timeout_s = timeout_s
+        self.clock = clock
         self._final: dict[str, JobStatus] = {}
         self._last: dict[str, JobStatus] = {}
-        self._unconfirmed: dict[str, int] = {}
+        self._unconfirmed: dict[str, float] = {}
         self._config: dict[str, str] | None = None
 
     @classmethod
@@ -256,13 +257,14 @@ class SlurmAdapter:
 
     def _remember(self, status: JobStatus) -> None:
         """Cache final states: at once from sacct; from squeue (no exit code) only once sacct
-        has missed the job UNCONFIRMED_POLLS times (accounting lags, or never records it)."""
+        has missed the job for UNCONFIRMED_S (accounting lags behind a busy slurmdbd, or never
+        records the job)."""
         job_id = status.job_id
         self._last[job_id] = status
         if status.final and status.source == "squeue":
-            self._unconfirmed[job_id] = self._unconfirmed.get(job_id, 0) + 1
+            self._unconfirmed.setdefault(job_id, self.clock())
         if status.final and (status.source != "squeue"
-                             or self._unconfirmed[job_id] >= UNCONFIRMED_POLLS):
+                             or self.clock() - self._unconfirmed[job_id] >= UNCONFIRMED_S):
             self._final[job_id] = status
             self._last.pop(job_id, None)
             self._unconfirmed.pop(job_id, None)

@@ -215,10 +215,8 @@ class VllmEngine:
         with _spawn_lock, environment(env):
             before = child_pids()
             threading.Thread(target=build, name="vllm-engine-start", daemon=True).start()
-            while not building.done() and not child_pids() - before:
-                time.sleep(0.05)
-            self.engine_pids = sorted(child_pids() - before)
-        self._watchdog = Watchdog(self.engine_pids) if self.engine_pids else None
+            self.engine_pids = sorted(_new_children(before, building))
+            self._watchdog = Watchdog(self.engine_pids) if self.engine_pids else None
         try:
             llm = self._built(building)
         except EngineError:
@@ -368,3 +366,18 @@ def _describe(error: BaseException) -> str:
     text = str(error) or type(error).__name__
     cause = error.__cause__
     return f"{text} (caused by {type(cause).__name__}: {cause})" if cause else text
+
+
+def _new_children(before: set[int], building: Future[Any]) -> set[int]:
+    """The engine-core process(es) a starting AsyncLLM spawned: children new since `before` that
+    are still there a moment later (a short-lived helper process, or another engine's watchdog
+    between fork and exec, is not an engine)."""
+    while not building.done():
+        seen = child_pids() - before
+        if seen:
+            time.sleep(0.2)
+            lasting = seen & child_pids()
+            if lasting:
+                return lasting
+        time.sleep(0.05)
+    return child_pids() - before
