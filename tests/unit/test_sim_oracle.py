@@ -16,7 +16,7 @@ from tsslurm.policy.registry import POLICIES, _load_builtin, register
 from tsslurm.policy.snapshot import ROLES, Decision, Snapshot
 from tsslurm.profile import load_profile
 from tsslurm.sim import synthetic
-from tsslurm.sim.oracle import Work, bounds, bridge_cost, level_one_bound
+from tsslurm.sim.oracle import Work, bounds, bridge_cost, forced_levels, level_one_bound
 from tsslurm.sim.run import make_runner, run_policy
 from tsslurm.sim.trace import make_trace
 
@@ -43,6 +43,32 @@ def test_work_of_one_request_by_hand() -> None:
     assert work.ends.tolist() == pytest.approx([2.0, 2.0 + 0.1 * 300])
     assert bounds(trace, profile)["oracle"]["gpu_hours"] == pytest.approx(
         (2000 / v.prefill_tokens_per_s + decode) / 3600, abs=1e-6)
+
+
+def test_a_block_is_forced_the_work_its_window_cannot_do_outside_it() -> None:
+    profile = load_profile("llama3-8b-a100")
+    v = profile.partitions[0].velocities
+    trace = make_trace("one", np.array([0.0]), np.array([2000]), np.array([1]))
+    work = Work(trace, profile)
+    prefill_s = 2000 / v.prefill_tokens_per_s
+    slack = 2.0 - prefill_s
+    assert forced_levels(work, 4.0, 0.0).tolist() == pytest.approx([prefill_s / 4.0])
+    halves = forced_levels(work, 4.0, 3.0)
+    assert halves.tolist() == pytest.approx([max(0.0, 1.0 - slack) / 4.0,
+                                             max(0.0, 1.0 - slack) / 4.0])
+    assert forced_levels(work, 1.0, 0.0).sum() == pytest.approx(0.0)
+
+
+def test_the_pool_minimum_floor_counts_the_minimum_until_the_last_arrival() -> None:
+    profile = load_profile("llama3-8b-a100")
+    trace = make_trace("two", np.array([0.0, 1000.0]), np.array([100, 100]), np.array([2, 2]))
+    floor = bounds(trace, profile, pool_floor=True)
+    bare = bounds(trace, profile)
+    minimum = profile.pools.prefill.min + profile.pools.decode.min
+    assert floor["oracle"]["gpu_hours"] == pytest.approx(minimum * 1000.0 / 3600, abs=1e-5)
+    assert floor["oracle"]["gpu_hours_without_minimums"] == bare["oracle"]["gpu_hours"]
+    assert floor["oracle_startup"]["gpu_hours"] >= floor["oracle"]["gpu_hours"]
+    assert bare["oracle_startup"]["minimum_gpus"] == 0
 
 
 def brute_force_level(on: list[bool], load: float) -> float:
@@ -105,12 +131,13 @@ def policy_refs() -> list[str]:
 def test_no_policy_beats_the_bounds_at_its_slo_attainment() -> None:
     profile = load_profile("llama3-8b-a100")
     trace = synthetic.bursty(2.0, 25.0, 300.0, 20.0, 1200.0, seed=11)
-    full = bounds(trace, profile)
+    full = bounds(trace, profile, pool_floor=True)
     assert full["oracle_startup"]["gpu_hours"] > full["oracle"]["gpu_hours"] > 0
     for ref in policy_refs():
         run = run_policy(trace, profile, ref, seed=1)
         scale = make_runner(ref, profile).startup_scale
-        met = bounds(trace, profile, mask=run.meets, load_scale=scale)
+        met = bounds(trace, profile, mask=run.meets, load_scale=scale, pool_floor=True)
         cost = run.figures["gpu_hours"]
-        assert cost >= met["oracle"]["gpu_hours"], ref
-        assert cost >= met["oracle_startup"]["gpu_hours"], ref
+        for bound in ("oracle", "oracle_startup"):
+            assert met[bound]["gpu_hours"] >= met[bound]["gpu_hours_without_minimums"], ref
+            assert cost >= met[bound]["gpu_hours"], (ref, bound, cost, met[bound])

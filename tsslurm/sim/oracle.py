@@ -1,22 +1,25 @@
 """The oracle bounds: lower bounds on the GPU time of ANY policy that serves a set of requests
 within their SLOs on the simulated system (docs/simulator.md has the definitions and proofs).
 
-Each request j (arrival a, input x, output o) puts two jobs of work on the GPUs:
+Each request j (arrival a, input x, output o) puts two jobs of work on the GPUs, each done by one
+instance at a time, at most one second of work per instance-second:
 - prefill: at least x / V_P GPU-seconds, inside [a, a + TTFT_j] (the first token follows it);
 - decode: o - 1 iterations inside [a + x / V_P, a + TTFT_j + TPOT (o - 1)]. An iteration with
   batch B and context C <= K costs base + per_seq B + per_ctx C >= (base / K + per_ctx) C +
   per_seq B, so the request's iterations cost at least
-  E_j = per_seq (o - 1) + (base / K + per_ctx) S_j, S_j = (o - 1) x + (o - 1)^2 / 2
-  (its context summed over its iterations).
-`oracle`: instant, free start-up, so capacity follows the work exactly: the total work W.
-`oracle_startup`: every GPU-level that turns on pays the model load L (billed), except the warm
-pool the run starts with. Three valid bounds, the largest is reported:
-  W; the per-level bridge cost of the work forced into blocks of R seconds (R = 0.5 s ... 6 min,
-  four offsets) - averaging a schedule over blocks keeps its GPU time and cannot add start-ups;
-  that bound split at level 1, where an integer instance count must also hit every
-  request's windows (gaps of level 1 longer than L are the only ones it may leave open);
-  and the hitting bound: level k of an integer instance count must meet every block whose forced
-  work exceeds (k - 1) x its length, so the level-1 argument applies at every level.
+  E_j = per_seq (o - 1) + (base / K + per_ctx) S_j, S_j = (o - 1) x + (o - 1)^2 / 2.
+Of a job with work w and window D, at least w - |D \\ I| is done inside any interval I (its
+mandatory part), so a block I forces F(I) = sum of mandatory parts of GPU time into itself.
+
+`oracle`: instant, free start-up: the total work W. `oracle_startup`: every GPU-level that turns
+on pays the model load L (billed), except the warm pool the run starts with; the largest of W,
+the per-level bridge cost of F over blocks of 0.5 s ... 6 min (four offsets), the same split at
+level 1 (an integer instance count hits every window), and the per-level hitting bound.
+
+With `pool_floor` (the simulator's warm start: the pools' minimum is ready from time 0 and the
+guards never let it drop until the last arrival or the partition's time limit) both bounds also
+count m GPUs held over [0, H]: cost >= m H + the bound on the levels above m, whose block
+levels are (F / b - m)+. The bounds without that floor are reported next to them.
 Pure: no I/O."""
 
 from __future__ import annotations
@@ -34,6 +37,9 @@ OFFSETS = (0.0, 0.25, 0.5, 0.75)
 LEVEL_STEPS = 512
 """The level grid of the bridge cost: at least 1/32 of a GPU, at most 512 steps to the peak."""
 
+Grid = tuple[np.ndarray, float, np.ndarray]
+"""(block start times, block length, GPUs each block forces on average)."""
+
 
 class Work:
     """Per-request work (GPU-seconds) and windows (seconds) of prefill and decode jobs."""
@@ -45,12 +51,15 @@ class Work:
         o = trace.output_tokens[keep].astype(np.float64)
         ttft = ttft_targets_s(profile.slo, trace.input_tokens[keep])
         tpot = profile.slo.tpot_ms / 1000.0
-        prefill_gpu_s, prefill_wall_s, decode_gpu_s = _per_request(profile, x, o)
+        prefill_gpu_s, prefill_wall_s, decode_gpu_s, decode_wall_s = _per_request(profile, x, o)
         decoding = o > 1
         self.requests = int(keep.sum())
         self.starts = np.concatenate([a, (a + prefill_wall_s)[decoding]])
         self.ends = np.concatenate([a + ttft, (a + ttft + tpot * (o - 1))[decoding]])
         self.gpu_s = np.concatenate([prefill_gpu_s, decode_gpu_s[decoding]])
+        self.wall_s = np.concatenate([prefill_wall_s, decode_wall_s[decoding]])
+        """The least time the job keeps one instance busy (its work on the fastest partition)."""
+        self.instance_gpus = min(p.gpus_per_instance for p in _partitions(profile))
         self.prefill_gpu_s = float(prefill_gpu_s.sum())
         self.decode_gpu_s = float(decode_gpu_s.sum())
 
@@ -74,8 +83,9 @@ def _partitions(profile: Profile) -> list:
 
 
 def _per_request(profile: Profile, x: np.ndarray, o: np.ndarray) -> tuple[np.ndarray, ...]:
-    """The least prefill GPU-s, prefill wall time and decode GPU-s over the partitions."""
-    prefill_gpu, prefill_wall, decode_gpu = [], [], []
+    """The least prefill GPU-s, prefill wall time, decode GPU-s and decode wall time over the
+    partitions (an instance of g GPUs spends g GPU-s per second on one job)."""
+    prefill_gpu, prefill_wall, decode_gpu, decode_wall = [], [], [], []
     for part in _partitions(profile):
         v, gpus = part.velocities, part.gpus_per_instance
         step = v.decode_step
@@ -85,62 +95,112 @@ def _per_request(profile: Profile, x: np.ndarray, o: np.ndarray) -> tuple[np.nda
         per_context_s = step.base_ms / 1000.0 / capacity + step.per_context_token_us / 1e6
         prefill_wall.append(x / v.prefill_tokens_per_s)
         prefill_gpu.append(gpus * x / v.prefill_tokens_per_s)
-        decode_gpu.append(gpus * (step.per_sequence_ms / 1000.0 * iterations
-                                  + per_context_s * context_sum))
-    return (np.min(prefill_gpu, axis=0), np.min(prefill_wall, axis=0), np.min(decode_gpu, axis=0))
+        decode_wall.append(step.per_sequence_ms / 1000.0 * iterations + per_context_s * context_sum)
+        decode_gpu.append(gpus * decode_wall[-1])
+    return tuple(np.min(values, axis=0)
+                 for values in (prefill_gpu, prefill_wall, decode_gpu, decode_wall))
+
+
+def pool_floor_gpus(profile: Profile) -> tuple[int, int]:
+    """(GPUs the pools' minimum always holds, GPUs of the warm pool the run starts with)."""
+    pools = profile.pools
+    instances = pools.prefill.min + pools.decode.min + pools.convertible.min
+    parts = _partitions(profile)
+    return (instances * min(p.gpus_per_instance for p in parts),
+            instances * parts[0].gpus_per_instance)
+
+
+def floor_horizon_s(trace: Trace, profile: Profile) -> float:
+    """How long the pools' minimum is surely held: to the last arrival (the run lasts at least
+    that long), and no later than the warm jobs' time limit."""
+    last = float(trace.arrival_s[-1]) if len(trace) else 0.0
+    return min(last, min(p.time_limit_s for p in _partitions(profile)))
 
 
 def bounds(trace: Trace, profile: Profile, mask: np.ndarray | None = None,
-           load_scale: float = 1.0) -> dict[str, dict[str, float]]:
-    """Both bounds for the requests in `mask` (default: every feasible request)."""
+           load_scale: float = 1.0, pool_floor: bool = False) -> dict[str, dict[str, float]]:
+    """Both bounds for the requests in `mask` (default: every feasible request); with
+    `pool_floor`, on runs that hold the pools' minimum from time 0 (the simulator's warm start)."""
     work = Work(trace, profile, mask)
     load_s = load_scale * min(p.model_load_s for p in _partitions(profile))
-    warm_gpus = _warm_gpus(profile)
-    total = work.total_gpu_s
-    startup = max(total, startup_bound(work, load_s, warm_gpus)) if work.requests else 0.0
+    floor_gpus, warm_gpus = pool_floor_gpus(profile)
+    horizon = floor_horizon_s(trace, profile)
+    grids = block_grids(work) if work.requests else []
+    bare_free = work.total_gpu_s
+    bare_startup = max(bare_free, startup_bound(work, grids, load_s, warm_gpus)) \
+        if work.requests else 0.0
+    free, startup = bare_free, bare_startup
+    if pool_floor:
+        free = max(free, floor_gpus * horizon + free_above(grids, floor_gpus))
+        above = startup_above(grids, load_s, floor_gpus, max(0, warm_gpus - floor_gpus))
+        startup = max(startup, free, floor_gpus * horizon + above)
     return {
-        "oracle": {"gpu_hours": round(total / 3600.0, 6),
-                   "prefill_gpu_hours": round(work.prefill_gpu_s / 3600.0, 6),
-                   "decode_gpu_hours": round(work.decode_gpu_s / 3600.0, 6),
+        "oracle": {"gpu_hours": _hours(free),
+                   "gpu_hours_without_minimums": _hours(bare_free),
+                   "prefill_gpu_hours": _hours(work.prefill_gpu_s),
+                   "decode_gpu_hours": _hours(work.decode_gpu_s),
                    "requests": work.requests},
-        "oracle_startup": {"gpu_hours": round(startup / 3600.0, 6),
+        "oracle_startup": {"gpu_hours": _hours(startup),
+                           "gpu_hours_without_minimums": _hours(bare_startup),
                            "model_load_s": load_s, "warm_gpus": warm_gpus,
+                           "minimum_gpus": floor_gpus if pool_floor else 0,
+                           "minimum_until_s": round(horizon, 3) if pool_floor else 0.0,
                            "requests": work.requests},
     }
 
 
-def _warm_gpus(profile: Profile) -> int:
-    pools = profile.pools
-    gpus = max(p.gpus_per_instance for p in _partitions(profile))
-    return gpus * (pools.prefill.min + pools.decode.min + pools.convertible.min)
+def _hours(gpu_s: float) -> float:
+    return round(gpu_s / 3600.0, 6)
 
 
-def startup_bound(work: Work, load_s: float, warm_gpus: int) -> float:
+def block_grids(work: Work) -> list[Grid]:
+    """Every block grid tried, with the GPUs each block forces on average."""
+    grids = []
+    for block_s in BLOCKS_S:
+        for offset in OFFSETS:
+            levels = forced_levels(work, block_s, offset * block_s)
+            grids.append((np.arange(len(levels)) * block_s - offset * block_s, block_s, levels))
+    return grids
+
+
+def startup_bound(work: Work, grids: list[Grid], load_s: float, warm_gpus: int) -> float:
     """The largest of: W, the block-averaged bridge bounds (with and without the level-1 split)
     and the per-level hitting bound; less the start-ups the warm pool saves."""
     presence = level_one_bound(work.starts, work.ends, load_s)
     best = work.total_gpu_s + (load_s if warm_gpus == 0 else 0.0)
-    blocks = []
-    for block_s in BLOCKS_S:
-        for offset in OFFSETS:
-            levels = forced_levels(work, block_s, offset * block_s)
-            whole = bridge_cost(levels, block_s, load_s)
-            split = presence + bridge_cost(np.maximum(levels - 1.0, 0.0), block_s, load_s)
-            best = max(best, max(whole, split) - warm_gpus * load_s)
-            blocks.append((np.arange(len(levels)) * block_s - offset * block_s, block_s, levels))
-    return max(best, hitting_bound(work, blocks, load_s, presence) - warm_gpus * load_s)
+    for _, block_s, levels in grids:
+        whole = bridge_cost(levels, block_s, load_s)
+        split = presence + bridge_cost(np.maximum(levels - 1.0, 0.0), block_s, load_s)
+        best = max(best, max(whole, split) - warm_gpus * load_s)
+    hitting = presence + hitting_bound(grids, load_s, 2)
+    return max(best, hitting - warm_gpus * load_s)
 
 
-def hitting_bound(work: Work, blocks: list[tuple[np.ndarray, float, np.ndarray]], load_s: float,
-                  level_one: float) -> float:
-    """Sum over integer levels k of the least cost of a level set that meets every block whose
-    forced work exceeds (k - 1) x its length (below it on the whole block, the instance count
-    would do at most (k - 1) x its length of work there). Level 1 also meets every window."""
-    peak = max((float(levels.max()) for _, _, levels in blocks if len(levels)), default=0.0)
-    total = level_one
-    for level in range(2, int(np.ceil(peak)) + 1):
+def free_above(grids: list[Grid], floor: int) -> float:
+    """A lower bound on the integral of (n - floor)+: on disjoint blocks, the forced work beyond
+    what `floor` GPUs do there (the best grid)."""
+    return max((float(np.maximum(levels - floor, 0.0).sum()) * block_s
+                for _, block_s, levels in grids), default=0.0)
+
+
+def startup_above(grids: list[Grid], load_s: float, floor: int, free_starts: int) -> float:
+    """A lower bound on the cost of the levels above `floor` (each start pays the load, but for
+    `free_starts` warm ones): the best bridge bound of (levels - floor)+, or the hitting bound."""
+    best = max((bridge_cost(np.maximum(levels - floor, 0.0), block_s, load_s)
+                for _, block_s, levels in grids), default=0.0)
+    best = max(best, hitting_bound(grids, load_s, floor + 1))
+    return max(0.0, best - free_starts * load_s)
+
+
+def hitting_bound(grids: list[Grid], load_s: float, first_level: int) -> float:
+    """Sum over integer levels k >= first_level of the least cost of a level set that meets every
+    block whose forced work exceeds (k - 1) x its length (below it on the whole block, the
+    instance count would do at most (k - 1) x its length of work there)."""
+    peak = max((float(levels.max()) for _, _, levels in grids if len(levels)), default=0.0)
+    total = 0.0
+    for level in range(first_level, int(np.ceil(peak)) + 1):
         starts, ends = [], []
-        for first, length, levels in blocks:
+        for first, length, levels in grids:
             busy = levels > level - 1 + 1e-12
             starts.append(first[busy])
             ends.append(first[busy] + length)
@@ -152,13 +212,24 @@ def hitting_bound(work: Work, blocks: list[tuple[np.ndarray, float, np.ndarray]]
 
 
 def forced_levels(work: Work, block_s: float, offset_s: float) -> np.ndarray:
-    """GPUs each block needs on average: the work of the jobs whose window lies inside it."""
-    first = np.floor((work.starts + offset_s) / block_s).astype(np.int64)
-    last = np.floor((work.ends + offset_s) / block_s).astype(np.int64)
-    inside = first == last
-    forced = np.bincount(first[inside], weights=work.gpu_s[inside],
-                         minlength=int(last.max()) + 1 if len(last) else 1)
-    return forced / block_s
+    """GPUs each block needs on average: of every job, the part of its work that its window
+    leaves no room to do outside the block (its instance time less the window's time outside the
+    block, times the GPUs of the smallest instance)."""
+    slack = np.maximum(work.ends - work.starts - work.wall_s, 0.0)
+    touching = slack < block_s
+    starts, ends, slack = work.starts[touching], work.ends[touching], slack[touching]
+    first = np.floor((starts + offset_s) / block_s).astype(np.int64)
+    last = np.floor((ends + offset_s) / block_s).astype(np.int64)
+    size = int(last.max()) + 1 if len(last) else 1
+    forced = np.zeros(size)
+    for step in range(int((last - first).max()) + 1 if len(last) else 0):
+        block = first + step
+        inside = block <= last
+        block_start = block * block_s - offset_s
+        overlap = np.minimum(ends, block_start + block_s) - np.maximum(starts, block_start)
+        part = np.where(inside, np.maximum(overlap - slack, 0.0), 0.0)
+        forced += np.bincount(np.minimum(block, size - 1), weights=part, minlength=size)
+    return forced * work.instance_gpus / block_s
 
 
 def bridge_cost(levels: np.ndarray, block_s: float, load_s: float) -> float:
@@ -175,7 +246,6 @@ def bridge_cost(levels: np.ndarray, block_s: float, load_s: float) -> float:
         on = np.flatnonzero(quantized >= level)
         gaps = (np.diff(on) - 1) * block_s
         bridged = np.minimum(gaps[gaps > 0], load_s)
-
         total += len(on) * block_s + float(bridged.sum()) + load_s
     return total * step
 

@@ -21,7 +21,16 @@ from tsslurm.profile.schema import Profile
 from tsslurm.sim.engine import Simulation
 from tsslurm.sim.oracle import bounds
 from tsslurm.sim.results import RunResult, SimConfig
-from tsslurm.sim.slo import KILLED, REJECTED, SERVED, UNFINISHED, attainment, summary
+from tsslurm.sim.slo import (
+    KILLED,
+    REJECTED,
+    SERVED,
+    UNFINISHED,
+    Attainment,
+    Outcomes,
+    attainment,
+    summary,
+)
 from tsslurm.sim.trace import Trace
 
 AVERAGED = ("slo_attainment", "ttft_attainment", "tpot_attainment", "gpu_hours", "ttft_p50_ms",
@@ -69,25 +78,35 @@ def run_policy(trace: Trace, profile: Profile, ref: str, seed: int = 0,
     return _figures(trace, profile, result)
 
 
-def _figures(trace: Trace, profile: Profile, result: RunResult) -> PolicyRun:
-    outcomes = result.outcomes
+def request_figures(trace: Trace, profile: Profile, outcomes: Outcomes,
+                    gpu_seconds: float) -> tuple[dict[str, Any], Attainment]:
+    """The SLO, latency, request-count and GPU-hour figures of one run (also `tsslurm replay`'s,
+    so both commands account SLOs in one place)."""
     met = attainment(outcomes, trace.arrival_s, trace.input_tokens, trace.output_tokens,
                      profile.slo)
     status = outcomes.status
     figures: dict[str, Any] = {
         **summary(met, outcomes, trace.output_tokens),
-        "gpu_hours": round(result.cluster.gpu_seconds(result.end_s) / 3600.0, 6),
+        "gpu_hours": round(gpu_seconds / 3600.0, 6),
         "requests": len(trace),
-        "jobs_submitted": result.cluster.submitted,
-        "jobs_cancelled": result.cluster.cancelled,
-        "jobs_timed_out": result.cluster.timed_out,
         "requests_served": int((status == SERVED).sum()),
         "requests_rejected": int((status == REJECTED).sum()),
         "requests_killed": int((status == KILLED).sum()),
         "requests_unfinished": int((status == UNFINISHED).sum()),
-        "run_s": round(result.end_s, 3),
     }
     figures["slo_attainment"] = round(figures["slo_attainment"], 6)
+    return figures, met
+
+
+def _figures(trace: Trace, profile: Profile, result: RunResult) -> PolicyRun:
+    outcomes = result.outcomes
+    figures, met = request_figures(trace, profile, outcomes,
+                                   result.cluster.gpu_seconds(result.end_s))
+    figures.update({"jobs_submitted": result.cluster.submitted,
+                    "jobs_cancelled": result.cluster.cancelled,
+                    "jobs_timed_out": result.cluster.timed_out,
+                    "run_s": round(result.end_s, 3)})
+    status = outcomes.status
     timeline = {"time_s": result.timeline.time_s, "counts": result.timeline.counts,
                 "ready_prefill_tokens_per_s": result.timeline.ready_prefill_tokens_per_s}
     ttft_ms = np.where(status == SERVED, met.ttft_s * 1000.0, np.nan)
@@ -141,7 +160,7 @@ def simulate(trace: Trace, profile: Profile, refs: list[str], seeds: list[int],
              config: SimConfig | None = None) -> tuple[dict[str, Any], dict[str, list[PolicyRun]]]:
     """The report dict of `tsslurm simulate` and the runs behind it (for plots)."""
     grouped = run_all(trace, profile, refs, seeds, processes, progress, config)
-    oracle = bounds(trace, profile)
+    oracle = bounds(trace, profile, pool_floor=(config or SimConfig()).warm_start)
     report = {
         "trace": trace.name,
         "profile": profile.deployment,
