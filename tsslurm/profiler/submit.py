@@ -101,8 +101,9 @@ def run_profile_job(executor: Any, request: ProfileRequest,
     try:
         job = executor.submit(measure_partition, request)
     except (FailedSubmissionError, OSError) as error:
-        raise ProfileJobError(f"the profiling job was not submitted: {_first_line(error)}") \
-            from None
+        lines = [line for line in str(error).splitlines() if line.strip()]
+        raise ProfileJobError(f"the profiling job was not submitted: "
+                              f"{_first_line_of_interest(lines[::-1])}") from None
     log = Path(str(job.paths.stdout).replace("%j", str(job.job_id)))
     echo(f"profiling job {job.job_id} submitted; log {log}")
     try:
@@ -131,9 +132,41 @@ def _wait(job: Any, echo: Callable[[str], None]) -> None:
 
 
 def _failure_text(job: Any, error: BaseException, log: Path) -> str:
+    """What ended the job, from submitit's error: the exception the function raised (its last
+    traceback line), or that it left no result; with the last line of the job's log."""
+    from submitit.core.utils import FailedJobError
+
     state = _final_state(job)
-    return (f"the profiling job {job.job_id} ended {state} without measurements: "
-            f"{_first_line(error)} (log: {log})")
+    if isinstance(error, FailedJobError):
+        what = f"the profiler raised {_traceback_last_line(str(error))}"
+    else:
+        what = "no result"
+    tail = _last_line(log)
+    seen = f"; the log ends with {tail!r}" if tail else "; the log is empty"
+    return (f"the profiling job {job.job_id} ended {state} without measurements ({what}){seen} "
+            f"(log: {log})")
+
+
+def _traceback_last_line(text: str) -> str:
+    """The exception line of the trace submitit quotes between two lines of dashes."""
+    parts = [part for part in text.split("-" * 22) if part.strip()]
+    trace = parts[1] if len(parts) > 2 else text
+    return _first_line_of_interest(trace.splitlines()[::-1])
+
+
+def _last_line(log: Path) -> str:
+    try:
+        lines = log.read_text(errors="replace").splitlines()
+    except OSError:
+        return ""
+    return _first_line_of_interest(lines[::-1])
+
+
+def _first_line_of_interest(lines: list[str]) -> str:
+    for line in lines:
+        if line.strip() and not set(line.strip()) <= {"-", "^", "~"}:
+            return line.strip()[:300]
+    return ""
 
 
 def _final_state(job: Any) -> str:
@@ -142,9 +175,3 @@ def _final_state(job: Any) -> str:
         return str(info.get("State") or info.get("jobState") or job.state)
     except Exception:  # noqa: BLE001 (an observation for the message only)
         return "UNKNOWN"
-
-
-def _first_line(error: BaseException) -> str:
-    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    meaningful = [line for line in lines if not line.startswith(("Traceback", "File ", "^"))]
-    return (meaningful[-1] if meaningful else lines[-1] if lines else type(error).__name__)[:500]
