@@ -252,6 +252,8 @@ def gateway(host: str, port: int, state_dir: Path | None, profile: str | None, t
 @click.option("--peak-instances", type=float, default=None,
               help="Scale the rate so the busiest 10 s need about N instances")
 @click.option("--window", default=None, help="START:END seconds of the trace")
+@click.option("--speedup", type=float, default=1.0, show_default=True,
+              help="Arrivals F times as fast (as `tsslurm replay --speedup F` sends them)")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--seeds", type=int, default=1, show_default=True, help="Average over K seeds")
 @click.option("--json", "json_out", required=True, type=click.Path(dir_okay=False, path_type=Path))
@@ -263,6 +265,31 @@ def simulate(**options: object) -> None:
     from tsslurm.sim.command import SimulateArgs, run_simulate
 
     run_simulate(SimulateArgs(**options))  # type: ignore[arg-type]
+
+
+@cli.command("replay")
+@click.option("--trace", "trace", required=True,
+              help="Azure CSV, BurstGPT CSV or Mooncake JSONL (format detected); FILE,FILE mixes")
+@click.option("--window", default=None, help="START:END seconds of the trace")
+@click.option("--scale", type=float, default=1.0, show_default=True, help="Request-rate scale")
+@click.option("--speedup", type=float, default=1.0, show_default=True,
+              help="Send the trace F times as fast as it was recorded")
+@click.option("--seed", type=int, default=0, show_default=True,
+              help="Seed of the rate-scale copies and the prompts")
+@click.option("--state-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="The deployment's state directory")
+@click.option("--profile", "-p", default=None,
+              help="The deployment's profile (finds its state directory; default: the profile "
+                   "the deployment recorded)")
+@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=600.0,
+              show_default=True, help="Seconds a request may take")
+@click.option("--json", "json_out", required=True, type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--quiet", is_flag=True, help="No progress lines and no table")
+def replay(**options: object) -> None:
+    """Send a trace to a live deployment at its recorded times; report as `simulate` does."""
+    from tsslurm.replay.command import ReplayArgs, run_replay
+
+    run_replay(ReplayArgs(**options), lambda line: click.echo(line, err=True))  # type: ignore[arg-type]
 
 
 @cli.command("profile")

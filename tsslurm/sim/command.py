@@ -4,6 +4,7 @@ the results. Errors a user can fix are UserErrors (printed without a traceback).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -12,7 +13,15 @@ from tsslurm.errors import UserError
 from tsslurm.profile import load_profile
 from tsslurm.profile.schema import Profile
 from tsslurm.sim.run import make_runner, policy_names, simulate
-from tsslurm.sim.trace import Trace, TraceError, parse_window, scale_for_peak, scale_rate, window
+from tsslurm.sim.trace import (
+    Trace,
+    TraceError,
+    compress_time,
+    parse_window,
+    scale_for_peak,
+    scale_rate,
+    window,
+)
 from tsslurm.sim.trace_io import load_trace
 
 
@@ -30,6 +39,9 @@ class SimulateArgs:
     plot_out: Path | None = None
     processes: int = 2
     quiet: bool = False
+    speedup: float = 1.0
+    """Arrivals this many times as fast (the span shrinks): the scenario `tsslurm replay
+    --speedup` sends to a live deployment."""
 
 
 def prepare_trace(args: SimulateArgs, profile: Profile) -> tuple[Trace, float]:
@@ -41,7 +53,12 @@ def prepare_trace(args: SimulateArgs, profile: Profile) -> tuple[Trace, float]:
     factor = args.scale if args.scale is not None else 1.0
     if args.peak_instances is not None:
         factor = scale_for_peak(trace, profile, args.peak_instances)
-    return scale_rate(trace, factor, seed=args.seed), factor
+    scaled = scale_rate(trace, factor, seed=args.seed)
+    if not math.isfinite(args.speedup) or args.speedup <= 0:
+        raise TraceError(f"bad --speedup {args.speedup!r}: it must be a number > 0")
+    if args.speedup != 1.0:
+        scaled = compress_time(scaled, args.speedup)
+    return scaled, factor
 
 
 def run_simulate(args: SimulateArgs) -> dict[str, Any]:
@@ -58,6 +75,8 @@ def run_simulate(args: SimulateArgs) -> dict[str, Any]:
     with _progress(trace, refs, seeds, args.processes, args.quiet) as tick:
         report, runs = simulate(trace, profile, refs, seeds, args.processes, tick)
     report["rate_scale"] = round(factor, 6)
+    if args.speedup != 1.0:
+        report["speedup"] = args.speedup
     from tsslurm.sim.report import print_table, write_json
 
     write_json(report, args.json_out)

@@ -155,12 +155,19 @@ def average(runs: list[PolicyRun]) -> dict[str, Any]:
     return first
 
 
+def oracle_bounds(trace: Trace, profile: Profile,
+                  config: SimConfig | None = None) -> dict[str, dict[str, Any]]:
+    """Both oracle bounds as the report shows them (also for `tsslurm replay`, whose deployment
+    starts warm like the simulator's)."""
+    return bounds(trace, profile, pool_floor=(config or SimConfig()).warm_start)
+
+
 def simulate(trace: Trace, profile: Profile, refs: list[str], seeds: list[int],
              processes: int = 2, progress: Callable[[str, float], None] | None = None,
              config: SimConfig | None = None) -> tuple[dict[str, Any], dict[str, list[PolicyRun]]]:
     """The report dict of `tsslurm simulate` and the runs behind it (for plots)."""
     grouped = run_all(trace, profile, refs, seeds, processes, progress, config)
-    oracle = bounds(trace, profile, pool_floor=(config or SimConfig()).warm_start)
+    oracle = oracle_bounds(trace, profile, config)
     report = {
         "trace": trace.name,
         "profile": profile.deployment,
