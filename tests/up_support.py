@@ -4,14 +4,18 @@ event log, the SQLite store, the client library), and a replay of its recorded p
 
 from __future__ import annotations
 
+import copy
 import os
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+
+import pytest
+import yaml
 
 from tsslurm.broker.eventlog import read_events, read_segments
 from tsslurm.broker.requests import RequestRecord
@@ -22,6 +26,49 @@ from tsslurm.policy.runner import PolicyRunner
 
 REPO = Path(__file__).resolve().parents[1]
 TSSLURM = str(Path(sys.executable).parent / "tsslurm")
+
+
+def mock_profile_data() -> dict[str, Any]:
+    """profiles/local-mock.yaml as data, with the slurm tier's small memory ask."""
+    data = yaml.safe_load((REPO / "profiles" / "local-mock.yaml").read_text())
+    data["partitions"][0]["mem"] = "200M"
+    data["broker"]["tick_s"] = 0.5
+    return data
+
+
+def partition_like(data: dict[str, Any], name: str, **changes: Any) -> dict[str, Any]:
+    """The mock profile's partition under another name (a dev-cluster partition), changed."""
+    return {**copy.deepcopy(data["partitions"][0]), "name": name, **changes}
+
+
+def profile_yaml(data: dict[str, Any]) -> str:
+    return yaml.safe_dump(data, sort_keys=False)
+
+
+def slurm_up(slurm: Any, root: Path, data: dict[str, Any], *args: str) -> Up:
+    """A deployment on the test cluster, its jobs named with the test's prefix."""
+    return Up(root, profile_yaml(data), "--backend", "slurm", "--job-prefix", slurm.prefix,
+              *args, env={"SLURM_CONF": str(slurm.conf)})
+
+
+@pytest.fixture
+def slurm_deployments(slurm: Any, tmp_path: Path) -> Iterator[Callable[..., Up]]:
+    """make(profile data, *args) -> an Up on the test cluster; every one is stopped at teardown
+    (a broker left running would resubmit what the slurm fixture cancels)."""
+    made: list[Up] = []
+
+    def make(data: dict[str, Any], *args: str) -> Up:
+        made.append(slurm_up(slurm, tmp_path / f"up{len(made)}", data, *args))
+        return made[-1]
+
+    yield make
+    for up in made:
+        up.close()
+
+
+def live_jobs(slurm: Any) -> list[Any]:
+    """The test's jobs Slurm has not finished."""
+    return [job for job in slurm.adapter.jobs(slurm.prefix) if not job.final]
 
 
 def mock_profile(**replacements: str) -> str:

@@ -105,7 +105,7 @@ def test_up_serves_reports_and_down_leaves_nothing_running(up) -> None:
     transitions = [(e["job_id"], e["new"]) for e in d.events("job")]
     for job_id in ("local-1", "local-2"):
         assert [new for j, new in transitions if j == job_id] == \
-            ["pending", "starting", "ready", "draining", "ended"]
+            ["pending", "starting", "ready", "draining", "ended", "final"]
     replayed, mismatches = replay_mismatches(d.state / "steps.jsonl")
     assert replayed >= 3 and not mismatches, "the recorded snapshots replay to the same decisions"
 

@@ -301,9 +301,9 @@ class Autoscaler:
             self.backend.forget([command.job_id])
 
     def _notice(self, notice: Notice) -> None:
-        entry = msgspec.structs.asdict(notice)
-        self.notices.append(entry)
-        self.log.event(notice.time, "notice", **{k: v for k, v in entry.items() if k != "time"})
+        self.notices.append(msgspec.structs.asdict(notice))
+        self.log.event(notice.time, "notice", notice=notice.kind, subject=notice.subject,
+                       text=notice.text)
         log.warning("%s %s: %s", notice.kind, notice.subject, notice.text)
 
     def _store_job(self, record: JobRecord) -> None:
@@ -378,10 +378,11 @@ def _velocities(snapshot: Snapshot) -> dict[str, float]:
 
 def _job_line(job: FleetJob, now: float) -> JobLine:
     end = job.ended_at or now
+    why = job.pending_reason if job.state == "pending" and job.pending_reason else job.reason
     return JobLine(job.job_id, job.role, job.partition, job.state, job.node,
                    end - job.submitted_at,
                    None if job.ends_at is None or job.ended_at else job.ends_at - now,
-                   job.reason or job.pending_reason, job.slurm_state, job.worker_id)
+                   why, job.slurm_state, job.worker_id)
 
 
 def _record(job: FleetJob) -> JobRecord:

@@ -41,6 +41,14 @@ NODES_EVERY = 5
 """sinfo runs on every NODES_EVERY-th poll: nodes change state rarely."""
 LOCAL_KILL_AFTER_S = 10.0
 """A local worker still alive this long after SIGTERM gets SIGKILL (Slurm's KillWait)."""
+WARNING_S = 30.0
+"""The launcher's SIGUSR1 (it drains) comes this long before the time limit, at most a quarter
+of it: a last resort, after the autoscaler's own rotation (start-up + 2 minutes ahead). Slurm
+may deliver it up to a minute early."""
+
+
+def warning_lead_s(time_limit_s: float) -> int:
+    return max(1, int(min(WARNING_S, time_limit_s / 4)))
 
 
 class Submitted(msgspec.Struct, frozen=True):
@@ -230,7 +238,8 @@ class SlurmBackend(_Worker):
     def job_spec(self, role: str, partition: Partition) -> JobSpec:
         env = launcher_env(role, self.profile_path, partition.name, str(self.state_dir))
         return JobSpec(name=f"{self.name_prefix}-{role}", partition=partition,
-                       log_dir=str(self.log_dir), env=env)
+                       log_dir=str(self.log_dir), env=env,
+                       warning_s=warning_lead_s(partition.time_limit_s))
 
     def _do_submit(self, token: str, role: str, partition: Partition) -> None:
         try:
@@ -288,13 +297,12 @@ class LocalBackend(_Worker):
     kind = "local"
 
     def __init__(self, *, profile_path: str, state_dir: Path, poll_s: float = 0.5,
-                 warning_s: float = 120.0, env: dict[str, str] | None = None):
+                 env: dict[str, str] | None = None):
         super().__init__(poll_s)
         self.profile_path = profile_path
         self.state_dir = state_dir
         self.jobs_dir = state_dir / "local-jobs"
         self.log_dir = state_dir / "logs"
-        self.warning_s = warning_s
         self.base_env = {k: v for k, v in (os.environ if env is None else env).items()
                          if not k.startswith(("SLURM_", "SBATCH_", "TSSLURM_"))}
         self._processes: dict[str, subprocess.Popen[bytes]] = {}
@@ -332,9 +340,8 @@ class LocalBackend(_Worker):
                                        stdout=output, stderr=subprocess.STDOUT,
                                        stdin=subprocess.DEVNULL, start_new_session=True)
         self._processes[job_id] = process
-        warning = min(self.warning_s, partition.time_limit_s / 2)
         return _LocalJob(job_id, process.pid, role, partition.name, time.time(),
-                         partition.time_limit_s, warning)
+                         partition.time_limit_s, warning_lead_s(partition.time_limit_s))
 
     def _record(self, job: _LocalJob) -> None:
         path = self.jobs_dir / f"{job.job_id}.json"

@@ -93,8 +93,8 @@ class EventLog:
         self._events = _Lines(self.events_path, max_bytes)
         self._steps = _Lines(self.steps_path, max_bytes)
 
-    def event(self, time: float, kind: str, **fields: Any) -> None:
-        self._events.write(_encoder.encode({"time": time, "kind": kind, **fields}))
+    def event(self, time: float, kind: str, /, **fields: Any) -> None:
+        self._events.write(_encoder.encode({**fields, "time": time, "kind": kind}))
 
     def runner(self, time: float, policy: str, params: dict[str, Any]) -> None:
         self._steps.write(_encoder.encode(RunnerLine(time, policy, params)))

@@ -4,7 +4,8 @@ polls (job states, pending reasons, nodes) and the broker's worker events, and m
 into the SnapshotBuilder, so the policy's view of jobs and this table never disagree.
 
 Pure: no I/O, no clock. What must be done comes back from `take()`: `changes` (transitions, for
-the event log and the store), `commands` (cancel a job, drain or drop its worker, stop watching
+the event log and the store; `ended -> final` when the backend confirms how a job the
+deployment let go ended), `commands` (cancel a job, drain or drop its worker, stop watching
 it) and `notices` (partition availability, jobs pending too long, failed submissions)."""
 
 from __future__ import annotations
@@ -192,6 +193,9 @@ class Fleet:
             elif job_id in self.closing and status.final:
                 closed = self.closing.pop(job_id)
                 closed.slurm_state = status.state
+                closed.reason = f"{closed.reason}; Slurm: {_final_reason(status)}"
+                self.changes.append(Transition(now, job_id, closed.role, closed.partition,
+                                               "ended", "final", closed.reason))
                 self.commands.append(Command("forget", job_id))
         for job_id in missing:
             self._missing(now, job_id)
