@@ -1,6 +1,6 @@
 """tokenscale's one fixed parameter set on traces it was not tuned on: synthetic shapes (Poisson,
-on/off bursts, a diurnal swing, a BurstGPT-like gamma-modulated rate) and other time windows of
-the Azure traces, each against every baseline's knob sweep (as benchmarks/policy_sweep.py).
+on/off bursts, a diurnal swing, a BurstGPT-like gamma-modulated rate), the Mixed trace of the two
+Azure traces at equal request rates, and other time windows of the Azure traces, each against every baseline's knob sweep (as benchmarks/policy_sweep.py).
 
     .venv/bin/python benchmarks/policy_robustness.py --out docs/policies/robustness
 
@@ -73,6 +73,11 @@ def main() -> None:
         report["label"] = "synthetic"
         reports.append(report)
         _print(report)
+    mixed = run_scenario(f"{AZURE.format('conv')},{AZURE.format('code')}", None, args.profile,
+                         refs)
+    mixed["label"] = "Mixed conv + code, equal request rates"
+    reports.append(mixed)
+    _print(mixed)
     for name, window in (("conv", "1800:3500"), ("code", "1200:3400")):
         report = run_scenario(AZURE.format(name), 16.0, args.profile, refs, window)
         report["label"] = f"window {window}, peak 16"

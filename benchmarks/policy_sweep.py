@@ -87,7 +87,10 @@ def table(report: dict[str, Any]) -> list[str]:
     for ref, p in report["policies"].items():
         lines.append(f"| {ref} | {p['slo_attainment']:.3f} | {p['slo_after_warmup']:.3f} | "
                      f"{p['gpu_hours']:.2f} | {p['gpu_hours'] / o:.2f} | {p['gpu_hours'] / os_:.2f} |")
+    bare = (report["oracle"].get("gpu_hours_without_minimums", o),
+            report["oracle_startup"].get("gpu_hours_without_minimums", os_))
     lines.append(f"| oracle / oracle_startup | | | {o:.2f} / {os_:.2f} | | |")
+    lines.append(f"| same, without the pools' minimum | | | {bare[0]:.2f} / {bare[1]:.2f} | | |")
     return lines
 
 

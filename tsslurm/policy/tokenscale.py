@@ -53,7 +53,7 @@ class TokenScaleParams(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """The share of v_P prefillers and convertibles are planned at during a burst."""
     trend_lead: Annotated[float, Meta(ge=0)] = 1.0
     """How many start-ups ahead a rising input rate is extrapolated (0: no extrapolation)."""
-    prefill_safety: Annotated[float, Meta(ge=0)] = 1.0
+    prefill_safety: Annotated[float, Meta(ge=0)] = 0.5
     """beta of the square-root staffing of the base prefill pool."""
     decode_burst: Annotated[float, Meta(ge=0, le=1)] = 0.5
     """Decoders hold decode_burst x R x the trend's decode load (a burst's KV stays a while)."""
