@@ -35,10 +35,14 @@ def test_a_partition_slurm_does_not_have(slurm, tmp_path: Path) -> None:
 
 
 def test_a_job_that_fails_before_python_runs(slurm, tmp_path: Path) -> None:
-    profile = tiny_profile_file(tmp_path, tmp_path / "model", site_lines=["exit 3"])
+    broken_setup = ["echo 'module: command not found: cuda/12.4' >&2", "echo 'site setup gave up'",
+                    "exit 3"]
+    profile = tiny_profile_file(tmp_path, tmp_path / "model", site_lines=broken_setup)
     done = run_profile(slurm.conf, profile, "--quick", "--job-name", slurm.name("fails"))
-    assert_clear_failure(done, "ended FAILED without measurements", "(log: ")
     job = slurm.adapter.jobs(slurm.prefix)[0]
+    assert_clear_failure(done, f"the profiling job {job.job_id} ended FAILED without measurements",
+                         "the last lines of its log ",
+                         "    module: command not found: cuda/12.4\n    site setup gave up")
     assert job.state == "FAILED"
 
 

@@ -37,6 +37,31 @@ def test_bad_input_gets_a_clear_error(args: list[str], message: str) -> None:
     assert "Traceback" not in done.stderr + done.stdout
 
 
+def test_a_directory_as_the_output_is_refused_before_any_job(tmp_path: Path) -> None:
+    done = profile_command("--out", str(tmp_path))
+    assert done.returncode != 0
+    assert "is a directory" in done.stderr
+    assert "Traceback" not in done.stderr + done.stdout
+
+
+def test_an_output_under_a_file_is_refused_before_any_job(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    done = profile_command("--out", str(blocker / "sub" / "out.yaml"))
+    assert done.returncode == 1
+    assert f"{blocker} is not a directory" in done.stderr
+    assert "Traceback" not in done.stderr + done.stdout
+    assert blocker.read_text() == ""
+
+
+def test_an_output_on_a_read_only_filesystem_is_refused(tmp_path: Path) -> None:
+    done = profile_command("--out", "/proc/tsslurm-profile.yaml")
+    assert done.returncode == 1
+    assert "cannot write the profile to /proc/tsslurm-profile.yaml: cannot create a file in " \
+           "/proc" in done.stderr
+    assert "Traceback" not in done.stderr + done.stdout
+
+
 def test_slurm_parameters_hold_two_instances() -> None:
     partition = Partition(name="a100", gres="gpu:a100", gpus_per_instance=2, cpus_per_instance=8,
                           mem="64G", account="lab", qos="high", reservation="maint",

@@ -6,11 +6,19 @@ from __future__ import annotations
 
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 
-from tsslurm.profiler.queue_wait import MIN_STARTED_JOBS, Waits, fit_queue_wait, waits_from_history
+from tsslurm.profiler.queue_wait import (
+    MIN_STARTED_JOBS,
+    Waits,
+    fit_queue_wait,
+    queue_wait_from_slurm,
+    waits_from_history,
+)
+from tsslurm.slurm.adapter import SlurmAdapter
 from tsslurm.slurm.parse import parse_sacct_history
 
 pytestmark = pytest.mark.timeout(30)
@@ -84,3 +92,31 @@ def test_censored_waits_raise_the_exponential_mean() -> None:
     assert censored.queue_wait.distribution == "exponential"
     assert censored.queue_wait.mean_s == pytest.approx(
         plain.queue_wait.mean_s + 20 * 600.0 / 200, rel=1e-6)
+
+
+class ClusterWithoutAccounting:
+    """What the adapter says of a cluster without slurmdbd (the dev cluster's --no-accounting)."""
+
+    has_accounting = False
+
+    def config(self) -> dict[str, str]:
+        return {"AccountingStorageType": "accounting_storage/none"}
+
+    def job_history(self, partition: str, since: datetime) -> list:
+        raise AssertionError("sacct has no history to give without accounting")
+
+
+def test_without_accounting_the_fit_says_so_and_keeps_the_profile_value() -> None:
+    cluster: Any = ClusterWithoutAccounting()
+    fit = queue_wait_from_slurm(cluster, "a100", 14, RECORDED_AT)
+    assert fit.queue_wait is None
+    assert fit.note == ("Slurm accounting is not available on this cluster "
+                        "(AccountingStorageType=accounting_storage/none): no job history")
+
+
+def test_an_unreachable_slurm_gives_a_note_not_an_error(tmp_path: Path) -> None:
+    adapter = SlurmAdapter.for_conf(tmp_path / "missing-slurm.conf")
+    fit = queue_wait_from_slurm(adapter, "a100", 14, RECORDED_AT)
+    assert fit.queue_wait is None
+    assert fit.note.startswith("could not read Slurm's job history: `scontrol show config` failed")
+    assert "missing-slurm.conf does not exist" in fit.note

@@ -112,7 +112,7 @@ def test_any_provenance_strings_load_back(provenance: dict[str, str]) -> None:
 
 def test_write_profile_writes_a_file_that_loads_back(tmp_path: Path) -> None:
     target = tmp_path / "out.yaml"
-    assert write_profile(TINY, target, "a100", FIELDS) is True
+    assert write_profile(TINY, target, "a100", FIELDS, tmp_path) is True
     assert parse_profile(target.read_text()).partition("a100").model_load_s == 16.1
 
 
@@ -121,6 +121,18 @@ def test_a_result_that_would_not_load_is_never_written(tmp_path: Path) -> None:
     target.write_text(TINY)
     bad = {"velocities": {**VELOCITIES, "decode_tokens_per_s": [[1.0, 2.0]]}}
     with pytest.raises(UserError, match="nothing was written"):
-        write_profile(TINY, target, "a100", bad)
+        write_profile(TINY, target, "a100", bad, tmp_path)
     assert target.read_text() == TINY
     assert [p.name for p in tmp_path.iterdir()] == ["profile.yaml"], "no temporary file left"
+
+
+def test_a_profile_that_cannot_be_written_is_kept_aside(tmp_path: Path) -> None:
+    blocker = tmp_path / "not-a-directory"
+    blocker.write_text("")
+    spare_dir = tmp_path / "spare"
+    spare_dir.mkdir()
+    with pytest.raises(UserError, match=r"cannot write the profile to .*the measured profile "
+                                        r"is in .*spare/profile\.measured-\d{8}T\d{6}\.yaml"):
+        write_profile(TINY, blocker / "profile.yaml", "a100", FIELDS, spare_dir)
+    [spare] = spare_dir.iterdir()
+    assert parse_profile(spare.read_text()).partition("a100").model_load_s == 16.1

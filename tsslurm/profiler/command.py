@@ -53,6 +53,8 @@ def run_profile(args: ProfileArgs, echo: Callable[[str], None]) -> Written:
     if profile.engine.kind != "vllm":
         raise UserError(f"engine.kind is {profile.engine.kind!r}: the profiler measures a vLLM "
                         f"engine (a mock engine's velocities are the profile's own)")
+    target = (args.out or source).expanduser()
+    check_writable(target)
     adapter = SlurmAdapter()
     if not args.local:
         check_slurm_partition(adapter, partition.name)
@@ -64,9 +66,8 @@ def run_profile(args: ProfileArgs, echo: Callable[[str], None]) -> Written:
     analysis = analyse(run_profile_job(executor, request, echo), profile, request.headroom)
     echo(f"queue wait: asking Slurm's accounting about partition {partition.name}")
     queue = queue_wait_from_slurm(adapter, partition.name, args.days, datetime.now())
-    target = args.out or source
     fields = profile_fields(analysis, queue)
-    kept = write_profile(source.read_text(), target, partition.name, fields)
+    kept = write_profile(source.read_text(), target, partition.name, fields, folder)
     return Written(target, kept, analysis, queue)
 
 
@@ -78,6 +79,24 @@ def choose_partition(profile: Profile, name: str | None) -> Partition:
     except KeyError:
         known = ", ".join(p.name for p in profile.partitions)
         raise UserError(f"partition {name!r} is not in the profile (it has: {known})") from None
+
+
+def check_writable(target: Path) -> None:
+    """Fail before any job runs when the profile could not be written: a directory in its place,
+    a parent that is not a directory, or one where no file can be created."""
+    if target.is_dir():
+        raise UserError(f"cannot write the profile to {target}: it is a directory")
+    if target.exists() and not os.access(target, os.W_OK):
+        raise UserError(f"cannot write the profile to {target}: the file is not writable")
+    parent = next((p for p in target.absolute().parents if p.exists()), Path("/"))
+    if not parent.is_dir():
+        raise UserError(f"cannot write the profile to {target}: {parent} is not a directory")
+    try:
+        with tempfile.TemporaryFile(dir=parent):
+            pass
+    except OSError as error:
+        raise UserError(f"cannot write the profile to {target}: cannot create a file in "
+                        f"{parent} ({error.strerror or error})") from None
 
 
 def check_slurm_partition(adapter: SlurmAdapter, name: str) -> None:
@@ -105,14 +124,28 @@ def profile_fields(analysis: Analysis, queue: QueueWaitFit) -> dict[str, Any]:
     return fields
 
 
-def write_profile(text: str, target: Path, partition: str, fields: dict[str, Any]) -> bool:
-    """Write the edited profile to `target`; True when its comments were kept."""
+def write_profile(text: str, target: Path, partition: str, fields: dict[str, Any],
+                  spare_dir: Path) -> bool:
+    """Write the edited profile to `target`; True when its comments were kept. When `target`
+    cannot be written after all, the edited text is kept in `spare_dir` and the error says where."""
     for candidate, kept in _candidates(text, partition, fields):
         if _loads_back(candidate, target, partition, fields):
-            _write_atomically(target, candidate)
+            try:
+                _write_atomically(target, candidate)
+            except OSError as error:
+                spare = _keep_spare(spare_dir, target, candidate)
+                raise UserError(f"cannot write the profile to {target} "
+                                f"({error.strerror or error}); the measured profile is in "
+                                f"{spare}") from None
             return kept
     raise UserError(f"could not write the measurements into {target} so that it loads back to "
                     f"them; nothing was written")
+
+
+def _keep_spare(spare_dir: Path, target: Path, text: str) -> Path:
+    spare = spare_dir / f"{target.stem}.measured-{datetime.now():%Y%m%dT%H%M%S}.yaml"
+    spare.write_text(text)
+    return spare
 
 
 def _candidates(text: str, partition: str, fields: dict[str, Any]) -> Iterator[tuple[str, bool]]:

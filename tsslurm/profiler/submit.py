@@ -23,6 +23,8 @@ from tsslurm.slurm.duration import parse_slurm_duration
 JOB_MINUTES = {True: 20, False: 60}
 """Time limit of the profiling job (quick, full); the partition's own limit if shorter."""
 POLL_S = 2.0
+LOG_TAIL_LINES = 6
+"""Lines of a failed job's log quoted in the error."""
 _MEMORY = re.compile(r"^(\d+(?:\.\d+)?)([KMGT]?)B?$", re.IGNORECASE)
 
 
@@ -132,19 +134,19 @@ def _wait(job: Any, echo: Callable[[str], None]) -> None:
 
 
 def _failure_text(job: Any, error: BaseException, log: Path) -> str:
-    """What ended the job, from submitit's error: the exception the function raised (its last
-    traceback line), or that it left no result; with the last line of the job's log."""
+    """What ended the job, from submitit's error (the exception the function raised, or that it
+    returned nothing), with the tail of the job's log."""
     from submitit.core.utils import FailedJobError
 
     state = _final_state(job)
     if isinstance(error, FailedJobError):
         what = f"the profiler raised {_traceback_last_line(str(error))}"
     else:
-        what = "no result"
-    tail = _last_line(log)
-    seen = f"; the log ends with {tail!r}" if tail else "; the log is empty"
-    return (f"the profiling job {job.job_id} ended {state} without measurements ({what}){seen} "
-            f"(log: {log})")
+        what = "it ended before the profiler returned"
+    tail = log_tail(log)
+    seen = (f"; the last lines of its log {log}:\n" + "\n".join(f"    {line}" for line in tail)
+            if tail else f"; its log {log} is empty or missing")
+    return f"the profiling job {job.job_id} ended {state} without measurements ({what}){seen}"
 
 
 def _traceback_last_line(text: str) -> str:
@@ -154,19 +156,22 @@ def _traceback_last_line(text: str) -> str:
     return _first_line_of_interest(trace.splitlines()[::-1])
 
 
-def _last_line(log: Path) -> str:
+def log_tail(log: Path, count: int = LOG_TAIL_LINES) -> list[str]:
+    """The last `count` lines of a job's log that say something (no blank or ruler lines)."""
     try:
         lines = log.read_text(errors="replace").splitlines()
     except OSError:
-        return ""
-    return _first_line_of_interest(lines[::-1])
+        return []
+    said = [line.rstrip()[:300] for line in lines if _says_something(line)]
+    return said[-count:]
 
 
 def _first_line_of_interest(lines: list[str]) -> str:
-    for line in lines:
-        if line.strip() and not set(line.strip()) <= {"-", "^", "~"}:
-            return line.strip()[:300]
-    return ""
+    return next((line.strip()[:300] for line in lines if _says_something(line)), "")
+
+
+def _says_something(line: str) -> bool:
+    return bool(line.strip()) and not set(line.strip()) <= {"-", "^", "~"}
 
 
 def _final_state(job: Any) -> str:
