@@ -25,6 +25,8 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import msgspec
+
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
@@ -91,7 +93,8 @@ def emulate(policy: str, args: argparse.Namespace, env: dict[str, str]) -> dict[
         load_after = os.getloadavg()[0]
         report = json.loads((root / "replay.json").read_text())
         report["benchmark"] = {"load_before": load_before, "load_after": load_after,
-                               "startup_s": startup_seconds(state, started)}
+                               "startup_s": startup_seconds(state, started),
+                               "params": runner_params(state)}
         return report
     finally:
         subprocess.run([TSSLURM, "down", "--now", "--state-dir", str(state)], env=env,
@@ -101,6 +104,27 @@ def emulate(policy: str, args: argparse.Namespace, env: dict[str, str]) -> dict[
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait(10)
+
+
+def runner_params(state: Path) -> dict[str, Any]:
+    """The policy parameters the deployment's runner used (the step log's first record)."""
+    with open(state / "steps.jsonl") as steps:
+        return json.loads(steps.readline()).get("params", {})
+
+
+def code_changes(policies: list[str], emulated: dict[str, dict[str, Any]]) -> list[str]:
+    """Policies whose parameters differ between the emulation and this process (another
+    change to tsslurm/policy landed during the benchmark: the comparison would be unfair)."""
+    from tsslurm.sim.run import make_runner
+
+    profile = load_profile(str(PROFILE))
+    changed = []
+    for policy in policies:
+        now = msgspec.to_builtins(make_runner(policy, profile).params)
+        if now != emulated[policy]["benchmark"]["params"]:
+            changed.append(f"{policy}: emulated with {emulated[policy]['benchmark']['params']}, "
+                           f"simulated with {now}")
+    return changed
 
 
 def simulate(policies: list[str], args: argparse.Namespace) -> dict[str, Any]:
@@ -146,6 +170,8 @@ def main() -> None:
         print(f"emulated {policy} in {time.monotonic() - began:.0f} s", flush=True)
     simulated = simulate(policies, args)
     text = summary(emulated, simulated)
+    for change in code_changes(policies, emulated):
+        text += f"\nWARNING: the policy changed during the benchmark ({change}); run it again"
     (args.out / "comparison.txt").write_text(text + "\n")
     print(f"\nwindow {args.window} of {args.trace.name}, speedup {args.speedup:g}, "
           f"{simulated['requests']} requests; whole benchmark {time.monotonic() - began:.0f} s\n")
