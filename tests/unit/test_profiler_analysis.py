@@ -86,7 +86,8 @@ def test_the_grid_is_the_cells_measured_velocity() -> None:
 
 def test_the_result_is_a_valid_profile_with_provenance() -> None:
     profile = load_profile("local-tiny")
-    analysis = analyse(synthetic_measurements(), profile, headroom=0.8)
+    measurements = synthetic_measurements()
+    analysis = analyse(measurements, profile, headroom=0.8)
     partition = msgspec.structs.replace(profile.partitions[0], velocities=analysis.velocities)
     assert check_profile(msgspec.structs.replace(profile, partitions=[partition])) == []
     measured = analysis.velocities.measured
@@ -95,4 +96,14 @@ def test_the_result_is_a_valid_profile_with_provenance() -> None:
     assert (measured["partition"], measured["node"], measured["job"]) == ("a100", "a100-1", "42")
     assert "--quick" in measured["method"] and "0.8 x TPOT" in measured["method"]
     assert measured["v_d_over_step_model"].endswith(" ".join(["1.00"] * 9))
+    cells = measured["v_d_cells"].split(": ", 1)[1].split(", ")
+    assert cells == [f"{c.sample.input_tokens}x{c.sample.output_tokens} -> {c.sample.batch} "
+                     f"{c.limited_by}" for c in measurements.cells]
+    assert measured["cpu_pressure"].startswith("not available")
     assert all(isinstance(value, str) for value in measured.values())
+
+
+def test_the_cpu_pressure_of_the_measuring_time_is_recorded() -> None:
+    measurements = msgspec.structs.replace(synthetic_measurements(), cpu_pressure=0.1234)
+    measured = analyse(measurements, load_profile("local-tiny"), headroom=0.8).velocities.measured
+    assert measured["cpu_pressure"].startswith("12.3%: the share of the measuring time")

@@ -125,10 +125,21 @@ def provenance_of(m: Measurements, analysis: Analysis, headroom: float) -> dict[
         "prefill_sweep": f"tokens/s at concurrency x prompt tokens: {levels}",
         "decode_step_fit": f"{fit.samples} runs, R^2 {fit.r_squared:.3f}, relative RMS error "
                            f"{fit.rms_relative_error:.1%}",
+        "v_d_cells": "by row, input x output tokens -> batch measured, what capped it: "
+                     + ", ".join(f"{c.input_tokens}x{c.output_tokens} -> {c.batch} {c.limited_by}"
+                                 for c in analysis.cells),
         "v_d_over_step_model": f"measured / step model at the same batch, by row: {ratios}",
         "v_n": f"{len(m.pulls)} timed pulls of {m.pulls[0].input_tokens}-token prompts; fixed "
                f"latency {analysis.kv_latency_s * 1000:.1f} ms",
         "start": f"process start to first engine ready {m.model_load_s:.1f} s; engine starts "
                  + ", ".join(f"{s:.1f} s" for s in engine.start_s),
         "duration": f"{m.seconds:.0f} s",
+        "cpu_pressure": _pressure_text(m.cpu_pressure),
     }
+
+
+def _pressure_text(share: float | None) -> str:
+    if share is None:
+        return "not available (the kernel has no /proc/pressure/cpu)"
+    return (f"{share:.1%}: the share of the measuring time some task on the node waited for a "
+            f"CPU (Linux PSI; a busy node gives slower figures)")
