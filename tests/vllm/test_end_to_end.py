@@ -59,7 +59,7 @@ class Deployment:
         env.pop("SLURM_JOB_ID", None)
         self._spawn(name, [sys.executable, "-m", "tsslurm.launcher"], env, cpu)
 
-    def wait_ready(self, name: str, timeout_s: float = 180.0) -> None:
+    def wait_ready(self, name: str, timeout_s: float = 300.0) -> None:
         self.wait(lambda: f"worker {name} ready" in self.log("broker"), timeout_s,
                   f"worker {name} to be ready", name)
 
@@ -139,7 +139,7 @@ def pulled_tokens(decoder_log: str) -> int:
     return int(found.group(1))
 
 
-@pytest.mark.timeout(420)
+@pytest.mark.timeout(720)
 def test_broker_and_launchers_serve_vllm_disaggregated_and_converted(
         deployment: Deployment, tiny_model: Path) -> None:
     plain = PlainReference(tiny_model, PROMPTS, MAX_TOKENS, deployment.root)
