@@ -25,6 +25,7 @@ from up_support import (  # noqa: F401 (slurm_deployments is a fixture)
     slurm_deployments,
 )
 
+from tsslurm.broker.pending import node_usable
 from tsslurm.devcluster.layout import TEST_REASON_PREFIX
 from tsslurm.launcher.engines.mock import mock_continuation
 
@@ -73,6 +74,14 @@ def _end_reasons(d, job_id: str, word: str, timeout_s: float = 30.0) -> str:
         time.sleep(0.2)
 
 
+def _wait_usable(adapter, name: str, timeout_s: float = 30.0) -> None:
+    """A node just resumed from DOWN can take a moment to be idle again."""
+    deadline = time.monotonic() + timeout_s
+    while not any(n.name == name and node_usable(n) for n in adapter.nodes()):
+        assert time.monotonic() < deadline, f"node {name} not usable: {adapter.nodes()}"
+        time.sleep(0.2)
+
+
 @pytest.mark.parametrize("fault", sorted(FAULTS))
 def test_a_worker_lost_mid_request_is_replaced_and_its_requests_rerouted(
         slurm, slurm_deployments, fault: str) -> None:  # noqa: F811
@@ -107,11 +116,13 @@ def test_a_node_set_down_has_its_jobs_replaced_elsewhere(
     data["partitions"] = [partition_like(data, "spare"), partition_like(data, "a100")]
     data["pools"] = {"prefill": {"min": 1, "max": 1}, "decode": {"min": 1, "max": 1},
                      "convertible": {"min": 0, "max": 0}}
+    _wait_usable(slurm.adapter, spare_node)
     d = slurm_deployments(data)
     d.start()
     status = d.wait(lambda s: ready("prefill")(s) and ready("decode")(s)
                     and all(j.node for j in s.jobs), "the pools", 60)
-    assert {(j.partition, j.node) for j in status.jobs} == {("spare", SPARE_NODE)}
+    assert {(j.partition, j.node) for j in status.jobs} == {("spare", SPARE_NODE)}, \
+        d.events("notice")
     first = {j.job_id for j in status.jobs}
     work = _work(20, seed=2, max_tokens=200)
 
