@@ -99,11 +99,11 @@ def test_the_result_is_a_valid_profile_with_provenance() -> None:
     cells = measured["v_d_cells"].split(": ", 1)[1].split(", ")
     assert cells == [f"{c.sample.input_tokens}x{c.sample.output_tokens} -> {c.sample.batch} "
                      f"{c.limited_by}" for c in measurements.cells]
-    assert measured["cpu_pressure"].startswith("not available")
+    assert measured["engine_cpu_wait"].startswith("not available")
     assert all(isinstance(value, str) for value in measured.values())
 
 
-def test_the_cpu_pressure_of_the_measuring_time_is_recorded() -> None:
-    measurements = msgspec.structs.replace(synthetic_measurements(), cpu_pressure=0.1234)
+def test_the_engine_cpu_wait_of_the_measuring_time_is_recorded() -> None:
+    measurements = msgspec.structs.replace(synthetic_measurements(), engine_cpu_wait=0.1234)
     measured = analyse(measurements, load_profile("local-tiny"), headroom=0.8).velocities.measured
-    assert measured["cpu_pressure"].startswith("12.3%: the share of the measuring time")
+    assert measured["engine_cpu_wait"].startswith("12.3%: the share of the measuring time")

@@ -9,7 +9,7 @@ that partition's hardware by a submitit job, and written into the profile.
   kvsize.py      KV bytes per token from a model configuration (pure)
   analysis.py    measurements -> Velocities, comparisons and provenance (pure)
   queue_wait.py  queue wait fitted from Slurm's accounting, through the adapter
-  pressure.py    how contended the node's CPUs were while measuring (Linux PSI)
+  contention.py  how much other work held the measured engine back (Linux schedstat)
   yaml_edit.py   measured fields written into a profile's YAML text, comments kept (pure)
   submit.py      submitit executors (Slurm or local), waiting, job errors
   command.py     the `tsslurm profile` command's library function

@@ -134,12 +134,12 @@ def provenance_of(m: Measurements, analysis: Analysis, headroom: float) -> dict[
         "start": f"process start to first engine ready {m.model_load_s:.1f} s; engine starts "
                  + ", ".join(f"{s:.1f} s" for s in engine.start_s),
         "duration": f"{m.seconds:.0f} s",
-        "cpu_pressure": _pressure_text(m.cpu_pressure),
+        "engine_cpu_wait": _wait_text(m.engine_cpu_wait),
     }
 
 
-def _pressure_text(share: float | None) -> str:
+def _wait_text(share: float | None) -> str:
     if share is None:
-        return "not available (the kernel has no /proc/pressure/cpu)"
-    return (f"{share:.1%}: the share of the measuring time some task on the node waited for a "
-            f"CPU (Linux PSI; a busy node gives slower figures)")
+        return "not available (no schedstat for the engine's threads)"
+    return (f"{share:.1%}: the share of the measuring time the measured engine's busiest thread "
+            f"waited for a CPU (other work on its CPUs makes every figure slower)")

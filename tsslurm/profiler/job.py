@@ -26,10 +26,10 @@ import msgspec
 from tsslurm.errors import UserError
 from tsslurm.launcher.engines.base import EngineError, EngineInfo
 from tsslurm.profile.schema import DecodeStep, Profile
+from tsslurm.profiler.contention import ContentionWindow
 from tsslurm.profiler.fit import MeasurementError, fit_decode_step, prefill_saturated
 from tsslurm.profiler.kvsize import ModelConfigError, dtype_bytes, kv_bytes_per_token
 from tsslurm.profiler.plan import Cell, Plan, make_plan, next_batch, predicted_batch
-from tsslurm.profiler.pressure import PressureWindow
 from tsslurm.profiler.probes import Prober
 from tsslurm.profiler.results import (
     DecodeCell,
@@ -106,13 +106,13 @@ async def _measure(request: ProfileRequest, stage: Stage) -> Measurements:
             kv_bytes = kv_bytes_per_token(config, dtype_bytes(facts.dtype))
         plan = make_plan(profile, facts, request.quick)
         prober = Prober(int(config.get("vocab_size") or 32000), request.seed)
-        pressure = PressureWindow()
+        contention = ContentionWindow(engines[0].engine_pids)
         _pin_this_process(first_cpus)
         levels, singles = await _prefill(prober, engines[0], plan, facts, stage)
         samples, cells = await _decode(prober, engines[0], plan, profile, request, stage)
         _pin_this_process(cpus)
         pulls = await _pulls(prober, engines[0], engines[1], plan, stage)
-        cpu_pressure = pressure.share()
+        engine_cpu_wait = contention.share()
     finally:
         await asyncio.gather(*(engine.shutdown() for engine in engines), return_exceptions=True)
         shutil.rmtree(scratch, ignore_errors=True)
@@ -122,7 +122,7 @@ async def _measure(request: ProfileRequest, stage: Stage) -> Measurements:
         quick=request.quick, cpus=cpus, gpus=",".join(_visible_gpus()), engine=facts,
         model_load_s=model_load_s, kv_bytes_per_token=kv_bytes, prefill_levels=levels,
         prefill_singles=singles, decode_samples=samples, cells=cells, pulls=pulls,
-        seconds=time.monotonic() - began, cpu_pressure=cpu_pressure)
+        seconds=time.monotonic() - began, engine_cpu_wait=engine_cpu_wait)
 
 
 def measuring_profile(profile: Profile) -> Profile:

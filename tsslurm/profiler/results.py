@@ -103,9 +103,9 @@ class Measurements(_Record):
     pulls: list[PullSample]
     seconds: float
     """Wall time of the measurement function."""
-    cpu_pressure: float | None = None
-    """Share of the measuring time (engines ready to the last probe) during which some runnable
-    task on the node waited for a CPU (Linux PSI); None where the kernel does not say."""
+    engine_cpu_wait: float | None = None
+    """Share of the measuring time (engines ready to the last probe) the measured engine's
+    busiest thread waited for a CPU (contention.py); None where the kernel does not say."""
 
 
 class JobFailure(_Record):
