@@ -1,7 +1,7 @@
 # The two commands of the README: `make run` serves the tiny model on this machine (tsslurm up,
 # local backend, embedded default profile); `make test` runs the whole test suite against a real
 # local Slurm cluster and real vLLM engines. Both create .venv first.
-.PHONY: run test venv cluster-down
+.PHONY: run test venv cluster-down emulation
 
 venv:
 	scripts/install.sh
@@ -15,3 +15,6 @@ test: venv
 
 cluster-down:
 	.venv/bin/tsslurm dev-cluster down
+
+emulation: venv
+	.venv/bin/python benchmarks/emulation.py

@@ -110,9 +110,10 @@ def test_slo_figures_follow_the_profile_targets() -> None:
 
 
 def job(job_id: str, started: float | None, ended: float | None, submitted: float = 0.0,
-        partition: str = "h100", reason: str = "") -> JobRecord:
+        partition: str = "h100", reason: str = "", ready: float | None = None) -> JobRecord:
     return JobRecord(job_id=job_id, role="prefill", partition=partition, state="ended",
-                     submitted_at=submitted, started_at=started, ended_at=ended, reason=reason)
+                     submitted_at=submitted, started_at=started, ended_at=ended, reason=reason,
+                     ready_at=ready)
 
 
 def test_gpu_time_is_start_to_end_clipped_to_the_replay() -> None:
@@ -120,9 +121,11 @@ def test_gpu_time_is_start_to_end_clipped_to_the_replay() -> None:
             job("4", 150.0, 220.0), job("5", 10.0, 20.0)]
     # replay [100, 200]: 30 + 90 + 0 + 50 + 0 GPU-seconds
     assert gpu_seconds(jobs, PROFILE, 100.0, 200.0) == pytest.approx(170.0)
-    counts = job_counts([job("1", 90.0, 130.0, 80.0), job("4", 150.0, 220.0, 149.0),
-                         job("6", 101.0, 150.0, 100.5, reason="Slurm: TIMEOUT")], 100.0, 200.0)
-    assert counts == {"jobs_submitted": 2, "jobs_cancelled": 2, "jobs_timed_out": 1}
+    counts = job_counts([job("1", 90.0, 130.0, 80.0, ready=91.0),
+                         job("4", 150.0, 220.0, 149.0, ready=151.0),
+                         job("6", 101.0, 150.0, 100.5, reason="Slurm: TIMEOUT", ready=102.0),
+                         job("7", None, 120.0, 110.0)], 100.0, 200.0)
+    assert counts == {"jobs_submitted": 3, "jobs_cancelled": 1, "jobs_timed_out": 1}
 
 
 def test_send_lag_is_measured_against_the_schedule() -> None:

@@ -72,13 +72,13 @@ def gpu_seconds(jobs: Iterable[JobRecord], profile: Profile, start: float, end: 
 
 
 def job_counts(jobs: Iterable[JobRecord], start: float, end: float) -> dict[str, int]:
-    """Jobs submitted during the replay, and jobs of it that ended during it (drained or
-    cancelled) or at their time limit."""
+    """As the simulator counts them: jobs submitted during the replay, jobs cancelled during it
+    before they served (drained ones are not counted), and jobs Slurm ended at their time limit."""
     listed = list(jobs)
     ended = [j for j in listed if j.ended_at is not None and start <= j.ended_at <= end]
     return {
         "jobs_submitted": sum(1 for j in listed if (j.submitted_at or 0.0) >= start),
-        "jobs_cancelled": len(ended),
+        "jobs_cancelled": sum(1 for j in ended if j.ready_at is None),
         "jobs_timed_out": sum(1 for j in ended if "TIMEOUT" in j.reason.upper()),
     }
 
