@@ -93,6 +93,29 @@ def test_a_request_follows_the_perf_model_token_by_token() -> None:
     asyncio.run(scenario())
 
 
+class LateTime(VirtualTime):
+    """Every sleep wakes 1 ms late (a busy machine's timer overshoot)."""
+
+    async def sleep(self, seconds: float) -> None:
+        await super().sleep(seconds + 0.001)
+
+
+def test_a_busy_engine_keeps_the_perf_model_pace_when_its_timer_wakes_late() -> None:
+    async def scenario() -> None:
+        run = Run()
+        run.time = LateTime()
+        run.engine._clock, run.engine._sleep = run.time.clock, run.time.sleep
+        await run.start()
+        run.engine.submit(item("a", list(range(1000)), 50))
+        await run.until_finished({"a"})
+        model = prefill_seconds(1000, V) + sum(decode_step_seconds(1, 1000 + k, V.decode_step)
+                                               for k in range(1, 50))
+        assert run.times_of("a")[-1] == pytest.approx(model, abs=0.0025)  # not 50 x 1 ms late
+        await run.engine.shutdown()
+
+    asyncio.run(scenario())
+
+
 def test_requests_arriving_together_share_a_prefill_and_a_decode_batch() -> None:
     async def scenario() -> None:
         run = Run()
