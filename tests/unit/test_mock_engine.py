@@ -116,6 +116,25 @@ def test_a_busy_engine_keeps_the_perf_model_pace_when_its_timer_wakes_late() -> 
     asyncio.run(scenario())
 
 
+def test_reported_kv_use_is_the_context_held_not_the_reservation() -> None:
+    async def scenario() -> None:
+        run = Run()
+        await run.start()
+        run.engine.submit(item("a", list(range(1000)), 50))
+        for _ in range(100_000):
+            if len(run.tokens_of("a")) >= 10:
+                break
+            await asyncio.sleep(0)
+        generated = len(run.tokens_of("a"))
+        assert 10 <= generated < 50
+        assert run.engine.stats().kv_used_tokens == 1000 + generated
+        await run.until_finished({"a"})
+        assert run.engine.stats().kv_used_tokens == 0
+        await run.engine.shutdown()
+
+    asyncio.run(scenario())
+
+
 def test_requests_arriving_together_share_a_prefill_and_a_decode_batch() -> None:
     async def scenario() -> None:
         run = Run()

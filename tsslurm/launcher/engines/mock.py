@@ -172,10 +172,19 @@ class MockEngine:
             stream.put_nowait(OutputItem(request_id=request_id, finish_reason="abort"))
 
     def stats(self) -> WorkerStats:
+        held = self._held_tokens()
         return WorkerStats(running=len(self._running) + len(self._transferring),
-                           waiting=len(self._waiting), kv_used_tokens=self._kv_used,
-                           kv_usage=self._kv_used / self.kv_capacity,
+                           waiting=len(self._waiting), kv_used_tokens=held,
+                           kv_usage=held / self.kv_capacity,
                            prefill_tokens_per_s=self._rates[0], decode_tokens_per_s=self._rates[1])
+
+    def _held_tokens(self) -> int:
+        """KV tokens held now, as vLLM reports its cache use (and the simulator its decoders'):
+        each admitted sequence's context so far, not the reservation for the rest of its output
+        (admission still reserves prompt + max_tokens)."""
+        return (sum(s.context for s in self._running.values())
+                + sum(s.context for s in self._transferring)
+                + sum(s.context for s in self._prefilling))
 
     def in_flight(self) -> list[str]:
         return ([s.request_id for s in self._waiting] + [s.request_id for s in self._transferring]
