@@ -20,7 +20,8 @@ from pathlib import Path
 import msgspec
 
 from tsslurm.broker.autoscaler import CONTROL_FILE, Control
-from tsslurm.broker.backends import LocalBackend, SlurmBackend
+from tsslurm.broker.backends import SlurmBackend
+from tsslurm.broker.local_jobs import LocalBackend
 from tsslurm.broker.status import Status, read_status, render
 from tsslurm.broker.store import OPEN_JOB_STATES, JobRecord, Store, read_jobs
 from tsslurm.broker.up import UpOptions, resolve

@@ -26,7 +26,8 @@ from pathlib import Path
 import msgspec
 
 from tsslurm.broker.autoscaler import Autoscaler
-from tsslurm.broker.backends import JobBackend, LocalBackend, SlurmBackend
+from tsslurm.broker.backends import JobBackend, SlurmBackend
+from tsslurm.broker.local_jobs import LocalBackend
 from tsslurm.broker.metrics import Metrics
 from tsslurm.broker.run import open_broker
 from tsslurm.broker.server import Broker
