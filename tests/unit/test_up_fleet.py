@@ -94,6 +94,24 @@ def test_a_job_ended_under_its_worker_drops_the_worker_and_is_forgotten(fleet: F
     assert _pools(fleet, 5.1, "decode") == (0, 0, 0, 0)
 
 
+def test_a_job_let_go_gets_its_final_state_once_the_backend_confirms_it(fleet: Fleet) -> None:
+    _submit(fleet, 0.0)
+    fleet.apply_poll(1.0, {"11": _status("11", "RUNNING", nodes="a100-1")}, (), None)
+    fleet.cancel(2.0, "11", "decode on a100: 2 -> 1")
+    fleet.take()
+    fleet.apply_poll(2.5, {"11": _status("11", "RUNNING", nodes="a100-1")}, (), None)
+    assert fleet.take()[0] == [], "still running: nothing to confirm yet"
+    cancelled = _status("11", "CANCELLED", nodes="a100-1", cancelled_by=0)
+    fleet.apply_poll(3.0, {"11": cancelled}, (), None)
+    changes, commands, _ = fleet.take()
+    assert [(c.job_id, c.old, c.new) for c in changes] == [("11", "ended", "final")]
+    assert changes[0].reason == "decode on a100: 2 -> 1; Slurm: CANCELLED by uid 0"
+    assert [(c.kind, c.job_id) for c in commands] == [("forget", "11")]
+    fleet.apply_poll(4.0, {"11": cancelled}, (), None)
+    assert fleet.take() == ([], [], []), "confirmed once"
+    assert _pools(fleet, 4.1, "decode") == (0, 0, 0, 0)
+
+
 def test_a_worker_that_left_ends_its_job_unless_it_registered_again(fleet: Fleet) -> None:
     _submit(fleet, 0.0, job_id="11")
     _submit(fleet, 0.0, job_id="12")
