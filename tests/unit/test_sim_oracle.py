@@ -17,6 +17,7 @@ from tsslurm.policy.snapshot import ROLES, Decision, Snapshot
 from tsslurm.profile import load_profile
 from tsslurm.sim import synthetic
 from tsslurm.sim.oracle import Work, bounds, bridge_cost, forced_levels, level_one_bound
+from tsslurm.sim.results import SimConfig
 from tsslurm.sim.run import make_runner, run_policy
 from tsslurm.sim.trace import make_trace
 
@@ -71,36 +72,44 @@ def test_the_pool_minimum_floor_counts_the_minimum_until_the_last_arrival() -> N
     assert bare["oracle_startup"]["minimum_gpus"] == 0
 
 
-def brute_force_level(on: list[bool], load: float) -> float:
-    """Least |S| + load x stretches over block sets S containing every `on` block."""
+def brute_force_level(on: list[bool], load: float, warm: bool = False) -> float:
+    """Least |S| + load x stretches over block sets S containing every `on` block (with `warm`,
+    a stretch that starts at block 0 is already loaded)."""
     best = float("inf")
     free = [i for i, flag in enumerate(on) if not flag]
     for extra in itertools.product([False, True], repeat=len(free)):
         chosen = list(on)
         for i, flag in zip(free, extra):
             chosen[i] = flag
-        stretches = sum(1 for i, c in enumerate(chosen) if c and (i == 0 or not chosen[i - 1]))
+        stretches = sum(1 for i, c in enumerate(chosen) if c and (i == 0 or not chosen[i - 1])
+                        and not (warm and i == 0))
         best = min(best, sum(chosen) + load * stretches)
     return best
 
 
-@settings(max_examples=60, deadline=None, derandomize=True)
-@given(st.lists(st.integers(0, 2), min_size=1, max_size=10), st.sampled_from([0.5, 1.5, 3.0, 7.0]))
-def test_bridge_cost_is_the_least_cost_per_level(levels: list[int], load: float) -> None:
-    expected = sum(brute_force_level([v >= k for v in levels], load)
+@settings(max_examples=80, deadline=None, derandomize=True)
+@given(st.lists(st.integers(0, 2), min_size=1, max_size=10), st.sampled_from([0.5, 1.5, 3.0, 7.0]),
+       st.booleans())
+def test_bridge_cost_is_the_least_cost_per_level(levels: list[int], load: float,
+                                                 warm: bool) -> None:
+    expected = sum(brute_force_level([v >= k for v in levels], load, warm)
                    for k in range(1, max(levels) + 1) if any(v >= k for v in levels))
-    assert bridge_cost(np.array(levels, dtype=float), 1.0, load) == pytest.approx(expected)
+    cost = bridge_cost(np.array(levels, dtype=float), 1.0, load, 0.0 if warm else None)
+    assert cost == pytest.approx(expected)
 
 
-def brute_force_hits(windows: list[tuple[int, int]], load: float) -> float:
-    """Least cost of a point set hitting every window (points at window ends suffice)."""
+def brute_force_hits(windows: list[tuple[int, int]], load: float,
+                     warm_at: float | None = None) -> float:
+    """Least cost of a point set hitting every window (points at window ends suffice); with
+    `warm_at`, the set may start on at that time without a load."""
     candidates = sorted({e for _, e in windows} | {s for s, _ in windows})
     best = float("inf")
     for size in range(1, len(candidates) + 1):
         for points in itertools.combinations(candidates, size):
             if all(any(s <= p <= e for p in points) for s, e in windows):
                 gaps = np.diff(points)
-                best = min(best, load + float(np.minimum(gaps, load).sum()))
+                first = load if warm_at is None else min(load, points[0] - warm_at)
+                best = min(best, first + float(np.minimum(gaps, load).sum()))
     return best
 
 
@@ -113,6 +122,7 @@ def test_level_one_bound_never_exceeds_the_least_hitting_cost(
     starts = np.array([w[0] for w in windows], dtype=float)
     ends = np.array([w[1] for w in windows], dtype=float)
     assert level_one_bound(starts, ends, load) <= brute_force_hits(windows, load) + 1e-9
+    assert level_one_bound(starts, ends, load, 0.0) <= brute_force_hits(windows, load, 0.0) + 1e-9
 
 
 def test_level_one_bound_on_two_far_windows() -> None:
@@ -133,11 +143,16 @@ def test_no_policy_beats_the_bounds_at_its_slo_attainment() -> None:
     trace = synthetic.bursty(2.0, 25.0, 300.0, 20.0, 1200.0, seed=11)
     full = bounds(trace, profile, pool_floor=True)
     assert full["oracle_startup"]["gpu_hours"] > full["oracle"]["gpu_hours"] > 0
+    warmup = 300.0
     for ref in policy_refs():
-        run = run_policy(trace, profile, ref, seed=1)
+        run = run_policy(trace, profile, ref, seed=1, config=SimConfig(seed=1, warmup_s=warmup))
         scale = make_runner(ref, profile).startup_scale
         met = bounds(trace, profile, mask=run.meets, load_scale=scale, pool_floor=True)
-        cost = run.figures["gpu_hours"]
+        after = bounds(trace, profile, mask=run.meets, load_scale=scale, pool_floor=True,
+                       from_s=warmup)
+        cost, cost_after = run.figures["gpu_hours"], run.figures["gpu_hours_after_warmup"]
         for bound in ("oracle", "oracle_startup"):
             assert met[bound]["gpu_hours"] >= met[bound]["gpu_hours_without_minimums"], ref
             assert cost >= met[bound]["gpu_hours"], (ref, bound, cost, met[bound])
+            assert cost_after >= after[bound]["gpu_hours"], (ref, bound, cost_after, after[bound])
+            assert after[bound]["gpu_hours"] <= met[bound]["gpu_hours"], ref

@@ -37,11 +37,12 @@ class Job:
             return None
         return self.started_at + self.partition.time_limit_s
 
-    def gpu_seconds(self, until: float) -> float:
+    def gpu_seconds(self, until: float, since: float = 0.0) -> float:
+        """GPU time billed between `since` and `until` (the job's end, if earlier)."""
         if self.started_at is None:
             return 0.0
         end = self.ended_at if self.ended_at is not None else until
-        return self.partition.gpus_per_instance * max(0.0, end - self.started_at)
+        return self.partition.gpus_per_instance * max(0.0, end - max(self.started_at, since))
 
 
 @dataclass
@@ -107,8 +108,8 @@ class Cluster:
     def end(self, job: Job, now: float) -> None:
         job.state, job.ended_at = ENDED, now
 
-    def gpu_seconds(self, until: float) -> float:
-        return sum(job.gpu_seconds(until) for job in self.jobs.values())
+    def gpu_seconds(self, until: float, since: float = 0.0) -> float:
+        return sum(job.gpu_seconds(until, since) for job in self.jobs.values())
 
     def live(self) -> list[Job]:
         return [job for job in self.jobs.values() if job.state != ENDED]

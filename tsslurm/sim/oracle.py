@@ -118,21 +118,29 @@ def floor_horizon_s(trace: Trace, profile: Profile) -> float:
 
 
 def bounds(trace: Trace, profile: Profile, mask: np.ndarray | None = None,
-           load_scale: float = 1.0, pool_floor: bool = False) -> dict[str, dict[str, float]]:
+           load_scale: float = 1.0, pool_floor: bool = False,
+           from_s: float = 0.0) -> dict[str, dict[str, float]]:
     """Both bounds for the requests in `mask` (default: every feasible request); with
-    `pool_floor`, on runs that hold the pools' minimum from time 0 (the simulator's warm start)."""
+    `pool_floor`, on runs that hold the pools' minimum from time 0 (the simulator's warm start).
+    With `from_s` > 0, the GPU time after from_s to serve the requests of `mask` arriving from
+    then on, whatever runs at from_s (every level on then is loaded for free: a warm-up)."""
+    if from_s > 0:
+        late = trace.arrival_s >= from_s
+        mask = late if mask is None else mask & late
     work = Work(trace, profile, mask)
     load_s = load_scale * min(p.model_load_s for p in _partitions(profile))
     floor_gpus, warm_gpus = pool_floor_gpus(profile)
-    horizon = floor_horizon_s(trace, profile)
-    grids = block_grids(work) if work.requests else []
+    horizon = max(0.0, floor_horizon_s(trace, profile) - from_s)
+    warm_at = from_s if from_s > 0 else None
+    grids = block_grids(work, from_s) if work.requests else []
     bare_free = work.total_gpu_s
-    bare_startup = max(bare_free, startup_bound(work, grids, load_s, warm_gpus)) \
+    bare_startup = max(bare_free, startup_bound(work, grids, load_s, warm_gpus, warm_at)) \
         if work.requests else 0.0
     free, startup = bare_free, bare_startup
     if pool_floor:
         free = max(free, floor_gpus * horizon + free_above(grids, floor_gpus))
-        above = startup_above(grids, load_s, floor_gpus, max(0, warm_gpus - floor_gpus))
+        free_starts = max(0, warm_gpus - floor_gpus)
+        above = startup_above(grids, load_s, floor_gpus, free_starts, warm_at)
         startup = max(startup, free, floor_gpus * horizon + above)
     return {
         "oracle": {"gpu_hours": _hours(free),
@@ -144,8 +152,8 @@ def bounds(trace: Trace, profile: Profile, mask: np.ndarray | None = None,
                            "gpu_hours_without_minimums": _hours(bare_startup),
                            "model_load_s": load_s, "warm_gpus": warm_gpus,
                            "minimum_gpus": floor_gpus if pool_floor else 0,
-                           "minimum_until_s": round(horizon, 3) if pool_floor else 0.0,
-                           "requests": work.requests},
+                           "minimum_until_s": round(horizon + from_s, 3) if pool_floor else 0.0,
+                           "from_s": from_s, "requests": work.requests},
     }
 
 
@@ -153,27 +161,41 @@ def _hours(gpu_s: float) -> float:
     return round(gpu_s / 3600.0, 6)
 
 
-def block_grids(work: Work) -> list[Grid]:
-    """Every block grid tried, with the GPUs each block forces on average."""
+def block_grids(work: Work, origin_s: float = 0.0) -> list[Grid]:
+    """Every block grid tried, with the GPUs each block forces on average. With a warm-up
+    (`origin_s` > 0) the blocks start at origin_s: averaging over blocks that straddle it would
+    lend the free capacity before it to the work after it."""
     grids = []
     for block_s in BLOCKS_S:
-        for offset in OFFSETS:
-            levels = forced_levels(work, block_s, offset * block_s)
-            grids.append((np.arange(len(levels)) * block_s - offset * block_s, block_s, levels))
+        for offset in (OFFSETS if origin_s <= 0 else (0.0,)):
+            shift = offset * block_s - origin_s
+            levels = forced_levels(work, block_s, shift)
+            grids.append((np.arange(len(levels)) * block_s - shift, block_s, levels))
     return grids
 
 
-def startup_bound(work: Work, grids: list[Grid], load_s: float, warm_gpus: int) -> float:
+def startup_bound(work: Work, grids: list[Grid], load_s: float, warm_gpus: int,
+                  warm_at: float | None = None) -> float:
     """The largest of: W, the block-averaged bridge bounds (with and without the level-1 split)
-    and the per-level hitting bound; less the start-ups the warm pool saves."""
-    presence = level_one_bound(work.starts, work.ends, load_s)
-    best = work.total_gpu_s + (load_s if warm_gpus == 0 else 0.0)
-    for _, block_s, levels in grids:
-        whole = bridge_cost(levels, block_s, load_s)
-        split = presence + bridge_cost(np.maximum(levels - 1.0, 0.0), block_s, load_s)
+    and the per-level hitting bound; less the start-ups the warm pool saves. With `warm_at`,
+    every level may be on at that time for free (no pool is subtracted then)."""
+    presence = level_one_bound(work.starts, work.ends, load_s, warm_at)
+    warm_gpus = 0 if warm_at is not None else warm_gpus
+    best = work.total_gpu_s + (load_s if warm_gpus == 0 and warm_at is None else 0.0)
+    for first, block_s, levels in grids:
+        free_until = _free_until(first, warm_at)
+        whole = bridge_cost(levels, block_s, load_s, free_until)
+        split = presence + bridge_cost(np.maximum(levels - 1.0, 0.0), block_s, load_s, free_until)
         best = max(best, max(whole, split) - warm_gpus * load_s)
-    hitting = presence + hitting_bound(grids, load_s, 2)
+    hitting = presence + hitting_bound(grids, load_s, 2, warm_at)
     return max(best, hitting - warm_gpus * load_s)
+
+
+def _free_until(first: np.ndarray, warm_at: float | None) -> float | None:
+    """Where a grid's first block starts relative to the warm time (None: no warm levels)."""
+    if warm_at is None or not len(first):
+        return None
+    return warm_at - float(first[0])
 
 
 def free_above(grids: list[Grid], floor: int) -> float:
@@ -183,16 +205,20 @@ def free_above(grids: list[Grid], floor: int) -> float:
                 for _, block_s, levels in grids), default=0.0)
 
 
-def startup_above(grids: list[Grid], load_s: float, floor: int, free_starts: int) -> float:
+def startup_above(grids: list[Grid], load_s: float, floor: int, free_starts: int,
+                  warm_at: float | None = None) -> float:
     """A lower bound on the cost of the levels above `floor` (each start pays the load, but for
-    `free_starts` warm ones): the best bridge bound of (levels - floor)+, or the hitting bound."""
-    best = max((bridge_cost(np.maximum(levels - floor, 0.0), block_s, load_s)
-                for _, block_s, levels in grids), default=0.0)
-    best = max(best, hitting_bound(grids, load_s, floor + 1))
-    return max(0.0, best - free_starts * load_s)
+    `free_starts` warm ones, or any level on at `warm_at`): the best bridge bound of
+    (levels - floor)+, or the hitting bound."""
+    best = max((bridge_cost(np.maximum(levels - floor, 0.0), block_s, load_s,
+                            _free_until(first, warm_at))
+                for first, block_s, levels in grids), default=0.0)
+    best = max(best, hitting_bound(grids, load_s, floor + 1, warm_at))
+    return max(0.0, best - (0 if warm_at is not None else free_starts) * load_s)
 
 
-def hitting_bound(grids: list[Grid], load_s: float, first_level: int) -> float:
+def hitting_bound(grids: list[Grid], load_s: float, first_level: int,
+                  warm_at: float | None = None) -> float:
     """Sum over integer levels k >= first_level of the least cost of a level set that meets every
     block whose forced work exceeds (k - 1) x its length (below it on the whole block, the
     instance count would do at most (k - 1) x its length of work there)."""
@@ -207,7 +233,7 @@ def hitting_bound(grids: list[Grid], load_s: float, first_level: int) -> float:
         starts_k, ends_k = np.concatenate(starts), np.concatenate(ends)
         if not len(starts_k):
             break
-        total += level_one_bound(starts_k, ends_k, load_s)
+        total += level_one_bound(starts_k, ends_k, load_s, warm_at)
     return total
 
 
@@ -232,10 +258,13 @@ def forced_levels(work: Work, block_s: float, offset_s: float) -> np.ndarray:
     return forced * work.instance_gpus / block_s
 
 
-def bridge_cost(levels: np.ndarray, block_s: float, load_s: float) -> float:
+def bridge_cost(levels: np.ndarray, block_s: float, load_s: float,
+                free_until: float | None = None) -> float:
     """The least cost of a capacity profile >= `levels` (blocks of `block_s`) when every
     capacity level pays `load_s` each time it turns on: per level, its blocks plus each gap
-    bridged when shorter than the load, plus one load per stretch. Levels round down (a bound)."""
+    bridged when shorter than the load, plus one load per stretch. Levels round down (a bound).
+    With `free_until` (seconds from the first block's start), any level may already be on then
+    for free: its first stretch costs the lesser of a load and the time from then to it."""
     peak = float(levels.max()) if len(levels) else 0.0
     if peak <= 0:
         return 0.0
@@ -246,17 +275,25 @@ def bridge_cost(levels: np.ndarray, block_s: float, load_s: float) -> float:
         on = np.flatnonzero(quantized >= level)
         gaps = (np.diff(on) - 1) * block_s
         bridged = np.minimum(gaps[gaps > 0], load_s)
-        total += len(on) * block_s + float(bridged.sum()) + load_s
+        first = load_s if free_until is None else \
+            min(load_s, max(0.0, on[0] * block_s - free_until))
+        total += len(on) * block_s + float(bridged.sum()) + first
     return total * step
 
 
-def level_one_bound(starts: np.ndarray, ends: np.ndarray, load_s: float) -> float:
+def level_one_bound(starts: np.ndarray, ends: np.ndarray, load_s: float,
+                    warm_at: float | None = None) -> float:
     """Least cost of the level-1 set of an integer instance count that meets every window
     [start, end]: it spans from the earliest end to the latest start, less what gaps longer
     than the load can save - each such gap is window-free, and its middle (a load shorter) lies
-    in the union of the window-free intervals shrunk by load / 2 at each side."""
+    in the union of the window-free intervals shrunk by load / 2 at each side. With `warm_at`
+    (no later than every window), a set may already be on then: its first stretch is free."""
     if not len(starts):
         return 0.0
+    return _span_cost(starts, ends, load_s) - (load_s if warm_at is not None else 0.0)
+
+
+def _span_cost(starts: np.ndarray, ends: np.ndarray, load_s: float) -> float:
     earliest_end, latest_start = float(ends.min()), float(starts.max())
     if latest_start <= earliest_end:
         return load_s

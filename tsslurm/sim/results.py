@@ -28,6 +28,10 @@ class SimConfig:
     """Keep every snapshot the policy saw with the actions it led to (parity tests)."""
     warm_start: bool = True
     """Start with the pools' minimum ready (a service already up), billed from time 0."""
+    warmup_s: float = 0.0
+    """When > 0, also report SLO attainment, GPU time and the bounds over what comes after this
+    time only (`*_after_warmup`): the requests arriving from then on, the GPU time billed from
+    then on, and bounds that let any capacity run at that time for free."""
 
 
 @dataclass

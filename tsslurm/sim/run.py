@@ -35,7 +35,8 @@ from tsslurm.sim.trace import Trace
 
 AVERAGED = ("slo_attainment", "ttft_attainment", "tpot_attainment", "gpu_hours", "ttft_p50_ms",
             "ttft_p99_ms", "tpot_p50_ms", "tpot_p99_ms", "jobs_submitted", "jobs_cancelled",
-            "requests_killed", "requests_unfinished", "requests_rejected", "run_s")
+            "requests_killed", "requests_unfinished", "requests_rejected", "run_s",
+            "slo_after_warmup", "gpu_hours_after_warmup")
 
 
 @dataclass(frozen=True)
@@ -75,7 +76,15 @@ def run_policy(trace: Trace, profile: Profile, ref: str, seed: int = 0,
     if config.seed != seed:
         config = SimConfig(**{**config.__dict__, "seed": seed})
     result = Simulation(trace, profile, make_runner(ref, profile), config, progress).run()
-    return _figures(trace, profile, result)
+    run = _figures(trace, profile, result)
+    if config.warmup_s > 0:
+        late = trace.arrival_s >= config.warmup_s
+        after = result.cluster.gpu_seconds(result.end_s, config.warmup_s)
+        run.figures.update({"warmup_s": config.warmup_s,
+                            "slo_after_warmup": round(float(run.meets[late].mean()), 6)
+                            if late.any() else None,
+                            "gpu_hours_after_warmup": round(after / 3600.0, 6)})
+    return run
 
 
 def request_figures(trace: Trace, profile: Profile, outcomes: Outcomes,
@@ -162,6 +171,14 @@ def oracle_bounds(trace: Trace, profile: Profile,
     return bounds(trace, profile, pool_floor=(config or SimConfig()).warm_start)
 
 
+def warmup_bounds(trace: Trace, profile: Profile, config: SimConfig) -> dict[str, dict[str, Any]]:
+    """Both bounds over what comes after the warm-up (empty without one)."""
+    if config.warmup_s <= 0:
+        return {}
+    after = bounds(trace, profile, pool_floor=config.warm_start, from_s=config.warmup_s)
+    return {f"{name}_after_warmup": figures for name, figures in after.items()}
+
+
 def simulate(trace: Trace, profile: Profile, refs: list[str], seeds: list[int],
              processes: int = 2, progress: Callable[[str, float], None] | None = None,
              config: SimConfig | None = None) -> tuple[dict[str, Any], dict[str, list[PolicyRun]]]:
@@ -181,6 +198,12 @@ def simulate(trace: Trace, profile: Profile, refs: list[str], seeds: list[int],
         figures["cost_vs_oracle"] = _ratio(figures["gpu_hours"], oracle["oracle"]["gpu_hours"])
         figures["cost_vs_oracle_startup"] = _ratio(figures["gpu_hours"],
                                                    oracle["oracle_startup"]["gpu_hours"])
+    report.update(warmup_bounds(trace, profile, config or SimConfig()))
+    for figures in report["policies"].values():
+        if "oracle_startup_after_warmup" in report and "gpu_hours_after_warmup" in figures:
+            figures["cost_after_warmup_vs_oracle_startup"] = _ratio(
+                figures["gpu_hours_after_warmup"],
+                report["oracle_startup_after_warmup"]["gpu_hours"])
     return report, grouped
 
 
