@@ -15,13 +15,13 @@ from hypothesis import strategies as st
 
 from tsslurm.errors import UserError
 from tsslurm.profile import parse_profile
-from tsslurm.profile.load import PROFILE_DIR
 from tsslurm.profiler.command import write_profile
 from tsslurm.profiler.yaml_edit import EditError, dump_whole, edit_in_place, render_entry
 
 pytestmark = pytest.mark.timeout(60)
 
-TINY = (PROFILE_DIR / "local-tiny.yaml").read_text()
+TINY = (Path(__file__).parents[1] / "data" / "profiler" / "commented-tiny.yaml").read_text()
+"""A profile with comments beside the fields the profiler replaces."""
 VELOCITIES = {
     "prefill_tokens_per_s": 34082, "kv_transfer_tokens_per_s": 301844,
     "kv_bytes_per_token": 1024, "kv_capacity_tokens": 65536,

@@ -142,4 +142,5 @@ def _wait_text(share: float | None) -> str:
     if share is None:
         return "not available (no schedstat for the engine's threads)"
     return (f"{share:.1%}: the share of the measuring time the measured engine's busiest thread "
-            f"waited for a CPU (other work on its CPUs makes every figure slower)")
+            f"waited for a CPU (the job's own client shares its cores, as a launcher does; other "
+            f"work there adds to this and slows every figure)")
