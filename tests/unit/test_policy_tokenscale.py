@@ -24,7 +24,8 @@ def _totals(targets: dict[str, dict[str, int]]) -> dict[str, int]:
     return {role: sum(parts.values()) for role, parts in targets.items()}
 
 
-DEFAULTS = TokenScaleParams()
+DEFAULTS = TokenScaleParams(backlog_lookahead=0.0)
+"""The formulas without the look-ahead (the snapshots here have no ready prefillers)."""
 
 
 def _prefillers(tokens_per_s: float, params: TokenScaleParams = DEFAULTS) -> int:
@@ -40,19 +41,32 @@ def _decoding(tokens_per_s: float, burst: float = 1.0, v_d: float = V_D_11,
 
 
 def test_pool_sizes_follow_the_token_velocity_formulas() -> None:
-    decision = decide(snapshot(token_rates=rates(20_000.0, 4_000.0)), TokenScaleParams(), {})
+    decision = decide(snapshot(token_rates=rates(20_000.0, 4_000.0)), DEFAULTS, {})
     assert _totals(decision.targets) == {"prefill": _prefillers(20_000), "decode": _decoding(24_000),
                                          "convertible": 0}
 
 
+def test_a_deficit_of_ready_prefill_is_cleared_one_start_up_ahead() -> None:
+    params = TokenScaleParams(backlog_lookahead=0.5)
+    ready = {"prefill": {"a100": running(ready=1)}}
+    short = decide(snapshot(counts=ready, token_rates=rates(30_000.0, 4_000.0)), params, {})
+    covered = decide(snapshot(counts={"prefill": {"a100": running(ready=6)}},
+                              token_rates=rates(30_000.0, 4_000.0)), params, {})
+    startup_s = partition().startup_s
+    deficit = 30_000.0 - V_P
+    expected = _prefillers(30_000.0 + 0.5 * deficit * startup_s / params.backlog_clear_s, params)
+    assert _totals(short.targets)["prefill"] == expected
+    assert _totals(covered.targets)["prefill"] == _prefillers(30_000.0, params)
+
+
 def test_kv_in_use_sets_a_floor_under_decoders() -> None:
     load = LoadView(decode_kv_used_tokens=400_000)
-    decision = decide(snapshot(token_rates=rates(1000.0, 100.0), load=load), TokenScaleParams(), {})
+    decision = decide(snapshot(token_rates=rates(1000.0, 100.0), load=load), DEFAULTS, {})
     assert _totals(decision.targets)["decode"] == math.ceil(400_000 / (0.9 * 160_000))
 
 
 def test_a_burst_fills_convertibles_then_prefillers() -> None:
-    params = TokenScaleParams()
+    params = DEFAULTS
     burst = _totals(decide(snapshot(1000.0, token_rates=rates(20_000.0, 60_000.0, short=3.0)),
                            params, {}).targets)
     base = _prefillers(20_000)
@@ -68,7 +82,7 @@ def test_a_burst_fills_convertibles_then_prefillers() -> None:
 
 
 def test_the_burst_ratio_is_remembered_for_its_memory_only() -> None:
-    params = TokenScaleParams()
+    params = DEFAULTS
     first = decide(snapshot(1000.0, token_rates=rates(20_000.0, 60_000.0, short=3.0)), params, {})
     calm = rates(20_000.0, 60_000.0)
     soon = decide(snapshot(1000.0 + params.burst_memory_s / 2, token_rates=calm), params,
@@ -82,20 +96,20 @@ def test_the_burst_ratio_is_remembered_for_its_memory_only() -> None:
 def test_at_the_decode_minimum_a_burst_adds_prefillers() -> None:
     v_d = 48_341.0  # the (short input, short output) cell
     snap = snapshot(token_rates=rates(12_000.0, short=5.0, cell=(0, 0)))
-    totals = _totals(decide(snap, TokenScaleParams(), {}).targets)
+    totals = _totals(decide(snap, DEFAULTS, {}).targets)
     assert _decoding(12_000, burst=5.0, v_d=v_d) == 1
     assert totals == {"prefill": _prefillers(5 * 12_000), "decode": 1, "convertible": 0}
 
 
 def test_convertibles_count_towards_decode() -> None:
     burst = _totals(decide(snapshot(token_rates=rates(20_000.0, 60_000.0, short=3.0)),
-                           TokenScaleParams(), {}).targets)
+                           DEFAULTS, {}).targets)
     assert burst["convertible"] > 0
     assert burst["decode"] + burst["convertible"] == _decoding(80_000, burst=3.0)
 
 
 def test_a_rising_rate_is_met_one_start_up_ahead() -> None:
-    params = TokenScaleParams()
+    params = DEFAULTS
     flat = rates(40_000.0)
     rising = [flat[0], msgspec.structs.replace(flat[1], input_tokens_per_s=60_000.0), flat[2]]
     base = _totals(decide(snapshot(token_rates=flat), params, {}).targets)["prefill"]
@@ -105,7 +119,7 @@ def test_a_rising_rate_is_met_one_start_up_ahead() -> None:
 
 
 def test_backlogs_add_capacity_to_clear_them() -> None:
-    params = TokenScaleParams()
+    params = DEFAULTS
     calm = _totals(decide(snapshot(token_rates=rates(20_000.0, 4_000.0)), params, {}).targets)
     load = LoadView(prefill_queued_tokens=3_000_000, decode_kv_demand_tokens=3_000_000,
                     decode_kv_used_tokens=100_000)
@@ -119,7 +133,7 @@ def test_backlogs_add_capacity_to_clear_them() -> None:
 
 
 def test_a_burst_pool_is_kept_only_where_start_up_is_slow() -> None:
-    params = TokenScaleParams()
+    params = DEFAULTS
     calm = rates(20_000.0, 60_000.0)
     totals = {}
     for startup in (5.0, 120.0):
@@ -141,7 +155,7 @@ def test_a_lull_releases_capacity_only_after_the_hold() -> None:
     quiet = rates(0.0)
     held = runner.step(snapshot(60.0, counts=busy, token_rates=quiet))
     assert held.actions == [] and _totals(held.decision.targets)["prefill"] == busy_p
-    hold = TokenScaleParams().hold_factor * snapshot().partitions[0].startup_s
+    hold = DEFAULTS.hold_factor * snapshot().partitions[0].startup_s
     assert runner.step(snapshot(hold - 1.0, counts=busy, token_rates=quiet)).actions == []
     released = runner.step(snapshot(hold + 1.0, counts=busy, token_rates=quiet))
     drained = [a for a in released.actions if isinstance(a, Drain)]
@@ -150,7 +164,7 @@ def test_a_lull_releases_capacity_only_after_the_hold() -> None:
 
 
 def test_pending_jobs_covering_the_target_are_not_submitted_twice() -> None:
-    runner = PolicyRunner("tokenscale")
+    runner = PolicyRunner("tokenscale", {"backlog_lookahead": 0.0})
     counts = {"prefill": {"a100": running(ready=1, pending=_prefillers(20_000) - 1)},
               "decode": {"a100": running(starting=_decoding(24_000))}}
     step = runner.step(snapshot(counts=counts, token_rates=rates(20_000.0, 4_000.0)))
@@ -200,6 +214,6 @@ def test_targets_stay_within_bounds_and_budget(inputs: float, outputs: float, bu
 def test_convertibles_replace_decoders_only_up_to_their_pool_maximum(most: int) -> None:
     pools = bounds(convertible=(0, most))
     snap = snapshot(token_rates=rates(20_000.0, 60_000.0, short=3.0), pool_bounds=pools)
-    totals = _totals(decide(snap, TokenScaleParams(), {}).targets)
+    totals = _totals(decide(snap, DEFAULTS, {}).targets)
     assert totals["convertible"] == most
     assert totals["decode"] + totals["convertible"] == _decoding(80_000, burst=3.0)

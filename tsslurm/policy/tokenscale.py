@@ -62,6 +62,9 @@ class TokenScaleParams(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     hold_s: Annotated[float, Meta(ge=0)] | None = None
     """Scale-down hold; None: hold_factor x the slowest partition's start-up."""
     hold_factor: Annotated[float, Meta(ge=0)] = 2.0
+    backlog_lookahead: Annotated[float, Meta(ge=0)] = 0.5
+    """Also clear, within backlog_clear_s, the backlog the input rate's excess over the ready
+    prefill capacity will add during one start-up (x this share)."""
     """Hold released capacity for this many start-ups (queue wait + model load)."""
 
 
@@ -98,8 +101,19 @@ def base_prefillers(snapshot: Snapshot, mid: TokenRates, long: TokenRates, part:
     clear, staffed with the square-root rule."""
     base_in = max(long.input_tokens_per_s, rising_rate(mid, long, part.startup_s * params.trend_lead))
     backlog_in = snapshot.load.prefill_queued_tokens / clear_s(part, params)
+    if params.backlog_lookahead > 0:
+        deficit = max(0.0, mid.input_tokens_per_s - ready_prefill(snapshot, part, params))
+        backlog_in += params.backlog_lookahead * deficit * part.startup_s / params.backlog_clear_s
     offered = (base_in + backlog_in) / (params.prefill_utilisation * prefill_velocity(part))
     return base_in, staffed(offered, params.prefill_safety)
+
+
+def ready_prefill(snapshot: Snapshot, part: PartitionView, params: TokenScaleParams) -> float:
+    """Tokens/s the ready prefillers and convertibles prefill now."""
+    def ready(role: str) -> int:
+        return sum(c.ready for c in snapshot.pools.get(role, {}).values())
+    return prefill_velocity(part) * (ready("prefill")
+                                     + params.convertible_prefill_share * ready("convertible"))
 
 
 def staffed(offered: float, safety: float) -> int:

@@ -6,7 +6,6 @@ from dataclasses import dataclass, field
 
 from tsslurm.policy.runner import Step
 from tsslurm.policy.snapshot import Snapshot
-
 from tsslurm.sim.cluster import Cluster
 from tsslurm.sim.slo import Outcomes
 
