@@ -152,6 +152,22 @@ def test_a_drained_node_drains_its_jobs_and_blocks_its_partition(fleet: Fleet) -
     assert "drained" in (fleet.unavailability("a100") or "")
 
 
+def test_a_node_fail_blocks_the_partition_until_sinfo_says_the_node_is_back(fleet: Fleet) -> None:
+    idle = NodeInfo(name="a100-1", state="idle", partitions=("a100",))
+    _submit(fleet, 0.0)
+    fleet.apply_poll(1.0, {"11": _status("11", "RUNNING", nodes="a100-1")}, (), [idle])
+    fleet.worker_event(1.5, WorkerChange(1.5, "decoder-11", "decode", "a100", "ready", "11"))
+    fleet.take()
+    fleet.apply_poll(3.0, {"11": _status("11", "NODE_FAIL", nodes="a100-1")}, (), None)
+    _, commands, notices = fleet.take()
+    assert ("drop", "11") in [(c.kind, c.job_id) for c in commands]
+    assert "a100-1 down" in (fleet.unavailability("a100") or ""), "before the next sinfo"
+    assert not fleet.builder.snapshot(3.1).partitions[0].available
+    assert [(n.kind, n.subject) for n in notices] == [("partition", "a100")]
+    fleet.apply_poll(4.0, {}, (), [idle])
+    assert fleet.unavailability("a100") is None and fleet.builder.snapshot(4.1).partitions[0].available
+
+
 def test_submissions_cancelled_before_their_id_are_cancelled_once_known(fleet: Fleet) -> None:
     token = fleet.submitting(0.0, "prefill", "a100")
     fleet.cancel(0.2, token, "scaled down")

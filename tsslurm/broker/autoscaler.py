@@ -185,7 +185,12 @@ class Autoscaler:
         if poll.stale and poll.error != self._poll_error:
             self._notice(Notice(now, "poll-failed", self.backend.kind, poll.error or "stale"))
         self._poll_error = poll.error if poll.stale else None
+        node_failed = any(s.state == "NODE_FAIL" and (s.job_id in self.fleet.jobs
+                                                      or s.job_id in self.fleet.closing)
+                          for s in poll.statuses.values())
         self.fleet.apply_poll(now, poll.statuses, poll.missing, poll.nodes)
+        if node_failed and poll.nodes is None:
+            self.backend.refresh_nodes()
 
     def _worker_stats(self, now: float) -> None:
         for worker in self.broker.core.pool.workers:

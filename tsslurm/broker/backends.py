@@ -93,6 +93,8 @@ class JobBackend(Protocol):
 
     def take(self) -> Report: ...
 
+    def refresh_nodes(self) -> None: ...
+
     def discover(self) -> list[Discovered]: ...
 
     def poll_now(self, job_ids: Iterable[str]) -> Poll: ...
@@ -116,6 +118,7 @@ class BackendThread:
         self._cancel_errors: list[str] = []
         self._poll: Poll | None = None
         self._polls = 0
+        self._nodes_wanted = False
         self._thread = threading.Thread(target=self._run, name=f"tsslurm-{self.kind}-backend",
                                         daemon=True)
 
@@ -145,6 +148,10 @@ class BackendThread:
             report = Report(self._submitted, self._cancel_errors, self._poll)
             self._submitted, self._cancel_errors, self._poll = [], [], None
         return report
+
+    def refresh_nodes(self) -> None:
+        """The next poll asks for the nodes' states too (a job just ended NODE_FAIL)."""
+        self._nodes_wanted = True
 
     def cancel_now(self, job_ids: Iterable[str]) -> list[str]:
         """Cancel on the caller's thread (`tsslurm down` with no broker); the errors."""
@@ -187,8 +194,10 @@ class BackendThread:
         with self._lock:
             ids = sorted(self._watched)
         self._polls += 1
+        with_nodes = self._polls % NODES_EVERY == 1 or self._nodes_wanted
+        self._nodes_wanted = False
         try:
-            poll = self.poll_now(ids, with_nodes=self._polls % NODES_EVERY == 1)
+            poll = self.poll_now(ids, with_nodes=with_nodes)
         except Exception as error:  # observations degrade: the autoscaler holds still
             log.exception("backend poll failed")
             poll = Poll(time.time(), {}, stale=True, error=str(error))

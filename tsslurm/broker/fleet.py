@@ -192,6 +192,8 @@ class Fleet:
                 self._apply_status(now, self.jobs[job_id], status)
             elif job_id in self.closing and status.final:
                 closed = self.closing.pop(job_id)
+                if status.state == "NODE_FAIL":
+                    self._node_failed(now, closed.node)
                 closed.slurm_state = status.state
                 closed.reason = f"{closed.reason}; Slurm: {_final_reason(status)}"
                 self.changes.append(Transition(now, job_id, closed.role, closed.partition,
@@ -247,6 +249,8 @@ class Fleet:
             job.node = status.nodes
         if status.final:
             detail = _final_reason(status)
+            if status.state == "NODE_FAIL":
+                self._node_failed(now, job.node)
             if job.state in ("ready", "draining") and job.absent is None:
                 self.commands.append(Command("drop", job.job_id, f"its job ended: {detail}"))
             self._end(job, now, detail, closing=False)
@@ -310,6 +314,14 @@ class Fleet:
             self.draining(now, job.job_id, why)
         else:
             self.cancel(now, job.job_id, why)
+
+    def _node_failed(self, now: float, name: str) -> None:
+        """Slurm ended a job NODE_FAIL: its node counts as down until sinfo says otherwise, so
+        no replacement goes to a partition that has no node left."""
+        node = self.nodes.get(name)
+        if node is not None and node_usable(node):
+            failed = msgspec.structs.replace(node, state="down", reason="a job ended NODE_FAIL")
+            self._apply_nodes(now, [failed if n.name == name else n for n in self.nodes.values()])
 
     def _apply_nodes(self, now: float, nodes: list[NodeInfo]) -> None:
         self.nodes = {node.name: node for node in nodes}
