@@ -142,7 +142,8 @@ def summary(emulated: dict[str, dict[str, Any]], simulated: dict[str, Any]) -> s
     for policy, report in emulated.items():
         bench, replay = report["benchmark"], report["replay"]
         startup = bench["startup_s"]
-        mean = f"{sum(startup) / len(startup):.2f} s over {len(startup)} jobs" if startup else "-"
+        mean = (f"mean {sum(startup) / len(startup):.2f} s, max {max(startup):.2f} s over "
+                f"{len(startup)} jobs") if startup else "-"
         lines.append(f"{policy}: load average {bench['load_before']:.1f} -> "
                      f"{bench['load_after']:.1f}; submit->ready {mean} (profile: "
                      f"{part.queue_wait.mean_s + part.model_load_s:.2f} s); send lag p99 "
