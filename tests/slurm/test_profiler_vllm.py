@@ -13,8 +13,9 @@ the client library. Broker-driven / profiled, median of the rounds compared:
 Why these bounds. The broker path costs what the profile's in-process probes do not: the launcher
 encodes and sends every token on the engine's own core, and each prefill crosses the broker (a
 convertible takes prompts only up to its prefill cap, so 1000-token prompts go one at a time). That
-cost weighs most where steps are shortest: measured on this machine, 0.54-1.15 for the 16-request
-decode step, 0.58-1.19 for V_D at 128 requests, 0.66-1.13 for prefill (docs/profiler.md). The rest is the machine:
+cost weighs most where steps are shortest. Medians measured in five runs on this machine:
+0.63-1.19 for the 16-request decode step, 0.84-1.04 for V_D at 128 requests, 0.73-1.08 for
+prefill (single rounds: docs/profiler.md). The rest is the machine:
 the two measurements run minutes apart on 2 cores shared with other work. A round counts only when
 the serving engine was held back by other work about as much as the profiled one was (CPU wait of
 its busiest thread within CPU_WAIT_BAND; tsslurm.profiler.contention), so a load that came or went
