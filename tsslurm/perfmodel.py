@@ -18,7 +18,8 @@ def prefill_seconds(tokens: int, v: Velocities) -> float:
 
 
 def kv_transfer_seconds(tokens: int, v: Velocities) -> float:
-    return tokens / v.kv_transfer_tokens_per_s
+    """One request's KV pull: a fixed latency (handshake, descriptors) plus tokens / V_N."""
+    return v.kv_transfer_latency_ms / 1000.0 + tokens / v.kv_transfer_tokens_per_s
 
 
 def decode_step_seconds(batch: int, context_tokens: int, step: DecodeStep) -> float:

@@ -88,6 +88,8 @@ class Velocities(_Node):
     requests per second one decoder sustains at the TPOT SLO. Rows: input buckets; columns: output."""
     prefill_overhead_ms: _non_negative("a fixed cost per prefill batch") = 0.0
     """Fixed cost of one prefill batch (scheduling, launch) on top of tokens / V_P."""
+    kv_transfer_latency_ms: _non_negative("a fixed cost per KV handoff") = 0.0
+    """Fixed cost of one request's KV pull on top of tokens / V_N."""
     measured: dict[str, str] = {}
     """Provenance written by `tsslurm profile`: date, engine version, method."""
 

@@ -56,6 +56,7 @@ def analyse(measurements: Measurements, profile: Profile, headroom: float) -> An
     velocities = Velocities(
         prefill_tokens_per_s=round(prefill_velocity(measurements.prefill_levels)),
         kv_transfer_tokens_per_s=round(v_n),
+        kv_transfer_latency_ms=round(latency * 1000, 2),
         kv_bytes_per_token=measurements.kv_bytes_per_token,
         kv_capacity_tokens=capacity,
         decode_step=step_fit.step,
