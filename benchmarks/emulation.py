@@ -25,8 +25,6 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-import msgspec
-
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
@@ -112,15 +110,23 @@ def runner_params(state: Path) -> dict[str, Any]:
         return json.loads(steps.readline()).get("params", {})
 
 
-def code_changes(policies: list[str], emulated: dict[str, dict[str, Any]]) -> list[str]:
-    """Policies whose parameters differ between the emulation and this process (another
-    change to tsslurm/policy landed during the benchmark: the comparison would be unfair)."""
-    from tsslurm.sim.run import make_runner
+def simulator_params(policy: str) -> dict[str, Any]:
+    """The parameters `tsslurm simulate` uses now: asked of a fresh process, since this one
+    imported the policies when it started (another engineer may have changed them since)."""
+    code = ("import json, msgspec; from tsslurm.profile import load_profile; "
+            "from tsslurm.sim.run import make_runner; print(json.dumps(msgspec.to_builtins("
+            f"make_runner({policy!r}, load_profile({str(PROFILE)!r})).params)))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120, check=True)
+    return json.loads(done.stdout)
 
-    profile = load_profile(str(PROFILE))
+
+def code_changes(policies: list[str], emulated: dict[str, dict[str, Any]]) -> list[str]:
+    """Policies whose parameters differ between the emulation and the simulation (a change to
+    tsslurm/policy landed during the benchmark: the comparison would be unfair)."""
     changed = []
     for policy in policies:
-        now = msgspec.to_builtins(make_runner(policy, profile).params)
+        now = simulator_params(policy)
         if now != emulated[policy]["benchmark"]["params"]:
             changed.append(f"{policy}: emulated with {emulated[policy]['benchmark']['params']}, "
                            f"simulated with {now}")
