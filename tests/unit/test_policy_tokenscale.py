@@ -47,14 +47,15 @@ def test_pool_sizes_follow_the_token_velocity_formulas() -> None:
 
 
 def test_a_deficit_of_ready_prefill_is_cleared_one_start_up_ahead() -> None:
-    params = TokenScaleParams(backlog_lookahead=0.5)
+    params = TokenScaleParams(backlog_lookahead=1.0)
     ready = {"prefill": {"a100": running(ready=1)}}
     short = decide(snapshot(counts=ready, token_rates=rates(30_000.0, 4_000.0)), params, {})
     covered = decide(snapshot(counts={"prefill": {"a100": running(ready=6)}},
                               token_rates=rates(30_000.0, 4_000.0)), params, {})
     startup_s = partition().startup_s
     deficit = 30_000.0 - V_P
-    expected = _prefillers(30_000.0 + 0.5 * deficit * startup_s / params.backlog_clear_s, params)
+    clear_s = params.backlog_clear_s + startup_s
+    expected = _prefillers(30_000.0 + deficit * startup_s / clear_s, params)
     assert _totals(short.targets)["prefill"] == expected
     assert _totals(covered.targets)["prefill"] == _prefillers(30_000.0, params)
 

@@ -62,9 +62,9 @@ class TokenScaleParams(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     hold_s: Annotated[float, Meta(ge=0)] | None = None
     """Scale-down hold; None: hold_factor x the slowest partition's start-up."""
     hold_factor: Annotated[float, Meta(ge=0)] = 2.0
-    backlog_lookahead: Annotated[float, Meta(ge=0)] = 0.5
-    """Also clear, within backlog_clear_s, the backlog the input rate's excess over the ready
-    prefill capacity will add during one start-up (x this share)."""
+    backlog_lookahead: Annotated[float, Meta(ge=0)] = 1.0
+    """Also clear the backlog the input rate's excess over the ready prefill capacity adds during
+    one start-up (x this share), over a start-up + backlog_clear_s like any backlog."""
     """Hold released capacity for this many start-ups (queue wait + model load)."""
 
 
@@ -103,7 +103,7 @@ def base_prefillers(snapshot: Snapshot, mid: TokenRates, long: TokenRates, part:
     backlog_in = snapshot.load.prefill_queued_tokens / clear_s(part, params)
     if params.backlog_lookahead > 0:
         deficit = max(0.0, mid.input_tokens_per_s - ready_prefill(snapshot, part, params))
-        backlog_in += params.backlog_lookahead * deficit * part.startup_s / params.backlog_clear_s
+        backlog_in += params.backlog_lookahead * deficit * part.startup_s / clear_s(part, params)
     offered = (base_in + backlog_in) / (params.prefill_utilisation * prefill_velocity(part))
     return base_in, staffed(offered, params.prefill_safety)
 
