@@ -1,7 +1,7 @@
 """The replay's sender with a small honest fake client (an async `generate` that answers after a
 set time): requests leave at their arrival times, every answer is measured, and a broker that
 stops answering ends the run with the measurements kept. The real client and broker are in
-tests/slurm/test_replay.py."""
+tests/slurm/test_replay_on_slurm.py."""
 
 from __future__ import annotations
 
