@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -212,3 +213,28 @@ def replay_mismatches(steps_file: Path) -> tuple[int, list[str]]:
 
 def _fields(action: Any) -> dict[str, Any]:
     return {name: getattr(action, name) for name in action.__struct_fields__}
+
+
+class StreamInBackground:
+    """One streamed request in a thread (e.g. across a broker crash); `started` is set once 20
+    tokens have arrived; `answer` holds the tokens; `finish` joins and returns them."""
+
+    def __init__(self, deployment: Up, prompt: list[int], max_tokens: int, timeout_s: float):
+        self.answer: list[int] = []
+        self.started = threading.Event()
+        self._thread = threading.Thread(
+            target=self._run, args=(deployment, prompt, max_tokens, timeout_s))
+        self._thread.start()
+        assert self.started.wait(30), "the request never started streaming"
+
+    def _run(self, deployment: Up, prompt: list[int], max_tokens: int, timeout_s: float) -> None:
+        with deployment.sync_client(timeout_s=timeout_s, idle_s=0.5, reconnects=60) as client:
+            for chunk in client.stream(prompt, max_tokens, request_id="across-the-crash"):
+                self.answer.extend(chunk.token_ids)
+                if len(self.answer) >= 20:
+                    self.started.set()
+
+    def finish(self, timeout_s: float = 90) -> list[int]:
+        self._thread.join(timeout_s)
+        assert not self._thread.is_alive(), "the streamed request never ended"
+        return self.answer

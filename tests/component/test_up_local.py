@@ -10,13 +10,12 @@ import asyncio
 import json
 import os
 import random
-import threading
 import time
 import urllib.request
 from pathlib import Path
 
 import pytest
-from up_support import Up, counts, mock_profile, ready, replay_mismatches
+from up_support import StreamInBackground, Up, counts, mock_profile, ready, replay_mismatches
 
 from tsslurm.launcher.engines.mock import mock_continuation
 
@@ -116,24 +115,11 @@ def test_a_broker_killed_with_9_is_replaced_and_readopts_its_workers(up) -> None
     d.wait(lambda s: ready("prefill")(s) and ready("decode")(s), "prefill and decode")
     jobs = sorted(j.job_id for j in d.status().jobs)
     prompt = [random.Random(5).randrange(32, 127) for _ in range(80)]
-    answer: list[int] = []
-    mid_stream = threading.Event()
-
-    def ask() -> None:
-        with d.sync_client(timeout_s=90, idle_s=0.5, reconnects=60) as client:
-            for chunk in client.stream(prompt, 400, request_id="across-the-crash"):
-                answer.extend(chunk.token_ids)
-                if len(answer) >= 20:
-                    mid_stream.set()
-
-    asker = threading.Thread(target=ask)
-    asker.start()
-    assert mid_stream.wait(30), "the request never started streaming"
+    stream = StreamInBackground(d, prompt, 400, timeout_s=90)
     d.kill9()
     d.start()
     status = d.wait(lambda s: ready("prefill")(s) and ready("decode")(s), "workers back")
-    asker.join(90)
-    assert not asker.is_alive() and answer == mock_continuation(prompt, 400)
+    assert stream.finish() == mock_continuation(prompt, 400)
     assert sorted(j.job_id for j in status.jobs) == jobs, "re-adopted, none submitted twice"
     assert [e for e in d.events("adopted")][-1]["jobs"] == jobs
     assert not [e for e in d.events("job") if e["new"] == "pending"

@@ -10,11 +10,11 @@ running, so which jobs pend is the test's choice, not the scheduler's timing."""
 from __future__ import annotations
 
 import random
-import threading
 import time
 
 import pytest
 from up_support import (  # noqa: F401 (slurm_deployments is a fixture)
+    StreamInBackground,
     counts,
     live_jobs,
     mock_profile_data,
@@ -58,25 +58,12 @@ def test_a_broker_killed_with_9_is_replaced_and_readopts_its_jobs(
     kept, gone = sorted(j.job_id for j in before.jobs if j.role == "convertible")
 
     prompt = [random.Random(6).randrange(32, 127) for _ in range(60)]
-    answer: list[int] = []
-    mid_stream = threading.Event()
-
-    def ask() -> None:
-        with d.sync_client(timeout_s=120, idle_s=0.5, reconnects=60) as client:
-            for chunk in client.stream(prompt, 400, request_id="across-the-crash"):
-                answer.extend(chunk.token_ids)
-                if len(answer) >= 20:
-                    mid_stream.set()
-
-    asker = threading.Thread(target=ask)
-    asker.start()
-    assert mid_stream.wait(30), "the request never started streaming"
+    stream = StreamInBackground(d, prompt, 400, timeout_s=120)
     d.kill9()
     slurm.adapter.cancel([gone])
     after = d.start()
     assert after.client_address == address, "the broker came back on the same address"
-    asker.join(90)
-    assert not asker.is_alive() and answer == mock_continuation(prompt, 400)
+    assert stream.finish() == mock_continuation(prompt, 400)
 
     status = d.wait(lambda s: ready("prefill")(s) and ready("decode")(s), "workers back", 60)
     adopted = d.events("adopted")[-1]
