@@ -4,6 +4,7 @@ field path and why it matters. Pure: no I/O (template existence is checked by th
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from itertools import pairwise
 
 from tsslurm.profile.schema import PoolBounds, Profile
 from tsslurm.profile.validate import Problem
@@ -54,13 +55,13 @@ def _velocity_grid(profile: Profile) -> Iterator[Problem]:
 def _buckets_and_slo(profile: Profile) -> Iterator[Problem]:
     for name in ("input_edges", "output_edges"):
         edges = getattr(profile.buckets, name)
-        if any(b <= a for a, b in zip(edges, edges[1:])) or any(e <= 0 for e in edges):
+        if any(b <= a for a, b in pairwise(edges)) or any(e <= 0 for e in edges):
             yield Problem(f"buckets.{name}", "edges must be positive and increasing")
     tiers = profile.slo.ttft_tiers
     if not tiers:
         yield Problem("slo.ttft_tiers", "at least one TTFT tier is needed")
     limits = [t.max_input_tokens for t in tiers]
-    if any(b <= a for a, b in zip(limits, limits[1:])):
+    if any(b <= a for a, b in pairwise(limits)):
         yield Problem("slo.ttft_tiers", "max_input_tokens must increase from tier to tier")
 
 
