@@ -8,19 +8,16 @@ from pathlib import Path
 from tsslurm.launcher.engines.base import Engine
 from tsslurm.launcher.engines.mock import MockEngine
 from tsslurm.launcher.settings import LauncherSettings, SettingsError
-from tsslurm.profile.schema import Partition, Profile
+from tsslurm.profile.schema import Partition, Profile, UnknownPartition
 
 DEFAULT_MAX_BATCHED_TOKENS = 8192
 
 
 def choose_partition(profile: Profile, name: str | None) -> Partition:
-    if name is None:
-        return profile.partitions[0]
     try:
         return profile.partition(name)
-    except KeyError:
-        known = ", ".join(p.name for p in profile.partitions)
-        raise SettingsError(f"TSSLURM_PARTITION={name!r} is not in the profile ({known})") from None
+    except UnknownPartition as unknown:
+        raise SettingsError(f"TSSLURM_PARTITION={name!r} is not in the profile ({unknown.known})") from None
 
 
 def create_engine(profile: Profile, partition: Partition, settings: LauncherSettings,

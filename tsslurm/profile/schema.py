@@ -203,8 +203,21 @@ class Profile(_Node):
     state_dir: str = "~/.tsslurm/{deployment}"
     """Per-deployment state (keys, connection file, SQLite, logs): on the shared home filesystem."""
 
-    def partition(self, name: str) -> Partition:
+    def partition(self, name: str | None = None) -> Partition:
+        """The partition called `name`, or the first when no name is given; UnknownPartition
+        (a KeyError) when the profile has none of that name."""
+        if name is None:
+            return self.partitions[0]
         for partition in self.partitions:
             if partition.name == name:
                 return partition
-        raise KeyError(name)
+        raise UnknownPartition(name, [p.name for p in self.partitions])
+
+
+class UnknownPartition(KeyError):
+    """A partition name the profile does not have; `known` lists those it has."""
+
+    def __init__(self, name: str, known: list[str]):
+        super().__init__(name)
+        self.name = name
+        self.known = ", ".join(known)

@@ -20,6 +20,7 @@ import msgspec
 from tsslurm.errors import UserError
 from tsslurm.profile import Partition, Profile, ProfileError, load_profile, parse_profile, state_dir
 from tsslurm.profile.load import resolve_profile_path
+from tsslurm.profile.schema import UnknownPartition
 from tsslurm.profiler.analysis import Analysis, analyse
 from tsslurm.profiler.queue_wait import QueueWaitFit, queue_wait_from_slurm
 from tsslurm.profiler.results import ProfileRequest
@@ -72,13 +73,10 @@ def run_profile(args: ProfileArgs, echo: Callable[[str], None]) -> Written:
 
 
 def choose_partition(profile: Profile, name: str | None) -> Partition:
-    if name is None:
-        return profile.partitions[0]
     try:
         return profile.partition(name)
-    except KeyError:
-        known = ", ".join(p.name for p in profile.partitions)
-        raise UserError(f"partition {name!r} is not in the profile (it has: {known})") from None
+    except UnknownPartition as unknown:
+        raise UserError(f"partition {name!r} is not in the profile (it has: {unknown.known})") from None
 
 
 def check_writable(target: Path) -> None:
