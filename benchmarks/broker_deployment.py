@@ -97,7 +97,7 @@ class Processes:
                 process.send_signal(signal.SIGTERM)
         for process in self.children.values():
             try:
-                process.wait(10)
+                process.wait(15)
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait(5)

@@ -30,9 +30,7 @@ import itertools
 import json
 import os
 import random
-import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -41,12 +39,12 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import aiohttp
+from broker_deployment import TSSLURM, Processes, worker_env
 
 from tsslurm.client import AsyncClient
 from tsslurm.gateway.keys import create_key
 from tsslurm.gateway.serve import GatewayProcess, spawn_gateway
 
-TSSLURM = str(Path(sys.executable).parent / "tsslurm")
 PROFILE = """deployment: bench-gateway
 model: {name: mock-llama, path: "mock://none", max_context_tokens: 16384}
 engine: {kind: mock, convertible_prefill_cap_tokens: 1000000, max_num_batched_tokens: 1000000}
@@ -72,56 +70,28 @@ class Deployment:
     def __init__(self, root: Path):
         self.root = root
         self.state = root / "state"
-        self.children: dict[str, subprocess.Popen[bytes]] = {}
+        self.processes = Processes(root)
         self.gateway: GatewayProcess | None = None
         self.key = ""
 
     def start(self) -> None:
         profile = self.root / "profile.yaml"
         profile.write_text(PROFILE)
-        self._spawn("broker", [TSSLURM, "broker", "-p", str(profile), "--state-dir",
-                               str(self.state)], dict(os.environ))
-        self._wait_log("broker", "broker bench-gateway")
-        self._spawn("d1", [sys.executable, "-m", "tsslurm.launcher"],
-                    {**os.environ, "TSSLURM_PROFILE": str(profile), "TSSLURM_ROLE": "decode",
-                     "TSSLURM_STATE_DIR": str(self.state), "TSSLURM_WORKER_ID": "d1",
-                     "TSSLURM_LOG_LEVEL": "WARNING"})
-        self._wait_log("broker", "worker d1 ready")
+        self.processes.spawn("broker", [TSSLURM, "broker", "-p", str(profile), "--state-dir",
+                                        str(self.state)], dict(os.environ))
+        self.processes.wait_for("broker", "broker bench-gateway")
+        self.processes.spawn("d1", [sys.executable, "-m", "tsslurm.launcher"],
+                             worker_env(profile, self.state, "d1", "decode"))
+        self.processes.wait_for("broker", "worker d1 ready")
         self.key = create_key(self.state, "bench")
         self.gateway = spawn_gateway(self.state, self.root / "gateway.log")
-        self.children["gateway"] = self.gateway.process
+        self.processes.children["gateway"] = self.gateway.process
 
     def cpu_seconds(self) -> dict[str, float]:
-        return {name: _cpu_seconds(child.pid) for name, child in self.children.items()} \
-            | {"client": time.process_time()}
+        return self.processes.cpu_seconds() | {"client": time.process_time()}
 
     def stop(self) -> None:
-        for child in self.children.values():
-            if child.poll() is None:
-                child.send_signal(signal.SIGTERM)
-        for child in self.children.values():
-            try:
-                child.wait(15)
-            except subprocess.TimeoutExpired:
-                child.kill()
-                child.wait(5)
-
-    def _spawn(self, name: str, argv: list[str], env: dict[str, str]) -> None:
-        with open(self.root / f"{name}.log", "wb") as log:
-            self.children[name] = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT,
-                                                   env=env)
-
-    def _wait_log(self, name: str, text: str, timeout_s: float = 30.0) -> None:
-        deadline = time.monotonic() + timeout_s
-        while text not in (self.root / f"{name}.log").read_text(errors="replace"):
-            if time.monotonic() > deadline or self.children[name].poll() is not None:
-                raise RuntimeError(f"{name} did not log {text!r}")
-            time.sleep(0.05)
-
-
-def _cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        self.processes.stop()
 
 
 @contextmanager
