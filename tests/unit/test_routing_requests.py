@@ -77,11 +77,11 @@ class Harness:
         message = GenerateRequest(request_id=request_id, max_tokens=max_tokens,
                                   prompt_token_ids=prompt or [1, 2, 3], **fields)
         self.core.submit(client, message, self.now)
-        self.core.dispatch()
+        self.core.dispatch(self.now)
 
     def output(self, worker: Any, *items: OutputItem) -> None:
         self.core.output(worker, OutputBatch(list(items)), self.now)
-        self.core.dispatch()
+        self.core.dispatch(self.now)
 
     def last_work(self, worker: bytes) -> WorkItem:
         return [item for w, item in self.outbox.work_items if w == worker][-1]
@@ -143,7 +143,7 @@ def test_a_lost_decoder_continues_from_the_streamed_tokens() -> None:
     h.core.disconnected(d1, Disconnect(reason="engine died", fatal=True), h.now)
     assert h.core.requests["r"].state == states.QUEUED
     d2 = h.worker("d2", "decoder")
-    h.core.dispatch()
+    h.core.dispatch(h.now)
     continuation = h.last_work(b"d2")
     assert (continuation.prompt_token_ids, continuation.max_tokens) == ([1, 2, 10, 11], 3)
     h.output(d2, tokens("r", [12, 13]))
@@ -298,7 +298,7 @@ def test_a_worker_that_registers_again_gets_its_requests_rerouted() -> None:
     h.worker("d", "decoder")
     h.submit()
     h.worker("d", "decoder")
-    h.core.dispatch()
+    h.core.dispatch(h.now)
     assert [item.request_id for w, item in h.outbox.work_items] == ["r", "r"]
     assert h.core.requests["r"].handovers == 1
 
@@ -315,3 +315,29 @@ def test_finished_requests_do_not_pile_up_behind_their_deadlines() -> None:
     assert len(h.records) == 5000 and len(h.core.recent) == 5000
     h.core.expire_requests(h.now + 10_000)
     assert len(h.core.recent) == 0, "recent results expire"
+
+
+def test_a_request_past_its_ttft_waits_behind_one_that_can_still_meet_it() -> None:
+    h = Harness(max_context_tokens=20_000, default_absorb_tokens=100)
+    p = h.worker("p", "prefiller")
+    h.submit("a", prompt=[1] * 100)
+    h.submit("b", prompt=[1] * 50)      # 250-ms target: late by the time the prefiller frees
+    h.now += 0.5
+    h.submit("c", prompt=[1] * 50)
+    assert [i.request_id for w, i in h.outbox.work_items if w == b"p"] == ["a"]
+    h.output(p, prefilled("a"))
+    assert [i.request_id for w, i in h.outbox.work_items if w == b"p"] == ["a", "c", "b"]
+
+
+def test_a_request_back_from_a_lost_worker_goes_first() -> None:
+    """"a" is long past its TTFT when its prefiller dies; it still goes before on-time "b"."""
+    h = Harness(max_context_tokens=20_000, default_absorb_tokens=100)
+    p = h.worker("p", "prefiller")
+    h.worker("d", "decoder")
+    h.submit("a", prompt=[1] * 100)
+    h.now += 5.0
+    h.submit("b", prompt=[1] * 100)
+    h.core.disconnected(p, Disconnect(reason="engine died", fatal=True), h.now)
+    h.worker("p2", "prefiller")
+    h.core.dispatch(h.now)
+    assert h.last_work(b"p2").request_id == "a"

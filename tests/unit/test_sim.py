@@ -46,6 +46,13 @@ def reference(**partition_changes: Any) -> Profile:
     return msgspec.structs.replace(profile, partitions=[msgspec.structs.replace(part, **changes)])
 
 
+def with_ttft_ms(profile: Profile, ms: float) -> Profile:
+    """One TTFT target for every input length."""
+    tiers = [msgspec.structs.replace(t, ttft_ms=ms) for t in profile.slo.ttft_tiers]
+    return msgspec.structs.replace(profile, slo=msgspec.structs.replace(profile.slo,
+                                                                        ttft_tiers=tiers))
+
+
 def with_kv_capacity(profile: Profile, tokens: int) -> Profile:
     part = profile.partitions[0]
     velocities = msgspec.structs.replace(part.velocities, kv_capacity_tokens=tokens)
@@ -87,7 +94,8 @@ def test_capacity_exactly_at_velocity_keeps_ttft_at_the_service_time() -> None:
 
 
 def test_overload_queue_grows_like_deterministic_single_server() -> None:
-    profile = reference()
+    """With a TTFT target nobody misses, the deadline order is arrival order (FIFO)."""
+    profile = with_ttft_ms(reference(), 60_000)
     v = profile.partitions[0].velocities
     service = 1000 / v.prefill_tokens_per_s
     gap = service / 1.25
@@ -96,6 +104,25 @@ def test_overload_queue_grows_like_deterministic_single_server() -> None:
     n = np.arange(len(trace))
     expected = service + n * (service - gap) + 1000 / v.kv_transfer_tokens_per_s
     assert ttft(result, trace) == pytest.approx(expected, abs=1e-6)
+
+
+def test_a_request_past_its_ttft_yields_to_one_that_can_still_meet_it() -> None:
+    """A (10k tokens) holds the prefiller 1 s; B (400-ms target) arrives at 0.01 and is late by
+    then, C arrives at 0.75: C goes first and meets its TTFT, B follows (FIFO: C would miss)."""
+    profile = reference()
+    v = profile.partitions[0].velocities
+    trace = make_trace("late", np.array([0.0, 0.01, 0.75]), np.array([10_000, 1000, 1000]),
+                       np.array([1, 1, 1]))
+    result = run_fixed(trace, profile)
+    assert (result.outcomes.status == SERVED).all()
+    a_done = prefill_seconds(8192, v) + prefill_seconds(10_000 - 8192, v)
+    link_free = a_done + 10_000 / v.kv_transfer_tokens_per_s  # A's KV leaves first
+    c_sent = max(link_free, a_done + prefill_seconds(1000, v)) + 1000 / v.kv_transfer_tokens_per_s
+    b_sent = max(c_sent, a_done + 2 * prefill_seconds(1000, v)) + 1000 / v.kv_transfer_tokens_per_s
+    c_first, b_first = (t + v.kv_transfer_latency_ms / 1000 for t in (c_sent, b_sent))
+    assert result.outcomes.first_token_s[2] == pytest.approx(c_first, abs=1e-6)
+    assert result.outcomes.first_token_s[1] == pytest.approx(b_first, abs=1e-6)
+    assert c_first - 0.75 <= 0.4 < b_first - 0.01
 
 
 def test_poisson_load_matches_md1_mean_wait() -> None:

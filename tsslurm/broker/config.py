@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import msgspec
 
-from tsslurm.profile.schema import Profile
+from tsslurm.profile.schema import Profile, Slo
 
 
 class BrokerConfig(msgspec.Struct, frozen=True, kw_only=True):
@@ -27,6 +27,8 @@ class BrokerConfig(msgspec.Struct, frozen=True, kw_only=True):
     default_absorb_tokens: int = 8192
     prefill_cap_tokens: int = 2048
     """Prefill tokens a decoder taking whole requests may have in flight (convertible cap)."""
+    slo: Slo = msgspec.field(default_factory=Slo)
+    """The TTFT targets that order the queues (queueing.py)."""
     recent_ttl_s: float = 120.0
     """How long a finished result stays available to a client that re-submits it."""
 
@@ -47,7 +49,8 @@ def config_from_profile(profile: Profile, **overrides: object) -> BrokerConfig:
     settings = {name: broker_settings[name] for name in _FROM_PROFILE_BROKER}
     settings.update(deployment=profile.deployment, model=profile.model.name,
                     max_context_tokens=profile.model.max_context_tokens, absorb_tokens=absorb,
-                    prefill_cap_tokens=profile.engine.convertible_prefill_cap_tokens)
+                    prefill_cap_tokens=profile.engine.convertible_prefill_cap_tokens,
+                    slo=profile.slo)
     settings.update(overrides)
     return msgspec.convert(settings, BrokerConfig)
 

@@ -4,13 +4,14 @@ WorkerLifecycle mixin in lifecycle.py). Handlers take
 decoded messages and the time, update the tables and queue outgoing messages on an Outbox; the
 socket loop (server.py) owns sockets, decoding, timers and batching.
 
+Queued requests are served in queueing.DeadlineQueue's order (TTFT deadline first, late ones after).
 Nothing is lost: a request on a lost worker goes back to the front of the queue and continues
 from the tokens already streamed (prompt + generated tokens, max_tokens reduced), so the client
 sees one answer without duplicates; after `max_retries` failures it fails with a clear error."""
 
 from __future__ import annotations
 
-from collections import Counter, deque
+from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
@@ -19,6 +20,7 @@ from tsslurm.broker.admission import Limits, check_length, check_request, check_
 from tsslurm.broker.config import BrokerConfig
 from tsslurm.broker.events import Arrival, EventHub, Finished, FirstToken
 from tsslurm.broker.lifecycle import Outbox, WorkerLifecycle
+from tsslurm.broker.queueing import DeadlineQueue, ttft_deadline
 from tsslurm.broker.requests import (
     AWAITING_DECODE,
     DECODING,
@@ -55,8 +57,8 @@ class BrokerCore(WorkerLifecycle):
         self.counters: Counter[str] = Counter()
         self.requests: dict[str, Request] = {}
         self.pool = WorkerPool()
-        self.prefill_queue: deque[Request] = deque()
-        self.decode_queue: deque[Request] = deque()
+        self.prefill_queue: DeadlineQueue[Request] = DeadlineQueue()
+        self.decode_queue: DeadlineQueue[Request] = DeadlineQueue()
         self.queued_prefill_tokens = 0
         self.recent = RecentResults(config.recent_ttl_s)
         self.deadlines = TimerHeap()
@@ -168,35 +170,38 @@ class BrokerCore(WorkerLifecycle):
         request.state = QUEUED
         self.queued_prefill_tokens += request.context_tokens
         if front:
-            self.prefill_queue.appendleft(request)
+            self.prefill_queue.push_urgent(request)
         else:
-            self.prefill_queue.append(request)
+            self.prefill_queue.push(request, self._ttft_deadline(request))
         self.dirty = True
 
     # ---- placement ------------------------------------------------------------------------------
 
-    def dispatch(self) -> None:
-        """Place queued requests while workers have room (FIFO per queue)."""
+    def _ttft_deadline(self, request: Request) -> float:
+        return ttft_deadline(self.config.slo, request.arrival, len(request.prompt))
+
+    def dispatch(self, now: float) -> None:
+        """Place queued requests in each queue's order while workers have room."""
         self.dirty = False
         workers = self.pool.workers
         prefill_queue = self.prefill_queue
         while prefill_queue:
-            request = prefill_queue[0]
+            request = prefill_queue.head(now)
             placement = routing.place_new(request.context_tokens, request.context_tokens
                                           + request.remaining, workers, self.queued_prefill_tokens)
             if placement is None:
                 break
-            prefill_queue.popleft()
+            prefill_queue.pop()
             self.queued_prefill_tokens -= request.context_tokens
             request.path = placement.path
             self._assign(request, placement.worker, placement.mode)  # type: ignore[arg-type]
         decode_queue = self.decode_queue
         while decode_queue:
-            request = decode_queue[0]
+            request = decode_queue.head(now)
             worker = routing.place_decode(request.context_tokens + request.remaining, workers)
             if worker is None:
                 break
-            decode_queue.popleft()
+            decode_queue.pop()
             self._assign(request, worker, routing.DECODE)
 
     def _assign(self, request: Request, worker: Worker, mode: str) -> None:
@@ -284,7 +289,7 @@ class BrokerCore(WorkerLifecycle):
         request.kv_params = item.kv_transfer_params
         request.kv_source = worker
         request.state = AWAITING_DECODE
-        self.decode_queue.append(request)
+        self.decode_queue.push(request, self._ttft_deadline(request))
 
     # ---- endings --------------------------------------------------------------------------------
 

@@ -5,7 +5,7 @@ of BrokerCore (core.py), which owns the state it reads; no I/O except through th
 
 from __future__ import annotations
 
-from collections import Counter, deque
+from collections import Counter
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -13,6 +13,7 @@ import msgspec
 
 from tsslurm.broker.config import BrokerConfig
 from tsslurm.broker.events import EventHub, WorkerChange
+from tsslurm.broker.queueing import DeadlineQueue
 from tsslurm.broker.store import JobRecord
 from tsslurm.broker.workers import POLICY_ROLE, ROLE_ALIASES, Worker, WorkerPool
 from tsslurm.protocol import (
@@ -49,7 +50,7 @@ class WorkerLifecycle:
     events: EventHub
     counters: Counter[str]
     pool: WorkerPool
-    decode_queue: deque[Any]
+    decode_queue: DeadlineQueue[Any]
     dirty: bool
     _job: Callable[[JobRecord], None]
 

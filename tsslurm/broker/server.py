@@ -121,7 +121,7 @@ class Broker:
         try:
             self._run_timers()
             if self.core.dirty:
-                self.core.dispatch()
+                self.core.dispatch(time.time())
         except Exception as error:  # a bug must not end the loop; the log says where
             self._internal_error(error)
         self.outbox.flush()

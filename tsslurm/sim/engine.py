@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import heapq
 import math
-from collections import deque
 from collections.abc import Callable
 
 import numpy as np
 
+from tsslurm.broker.queueing import DeadlineQueue
 from tsslurm.broker.routing import PREFILL, place_decode, place_new
 from tsslurm.perfmodel import kv_transfer_seconds
 from tsslurm.policy.builder import SnapshotBuilder
@@ -25,7 +25,7 @@ from tsslurm.policy.snapshot import Action, Cancel, Drain, Submit
 from tsslurm.profile.schema import Partition, Profile
 from tsslurm.sim.cluster import DRAINING, ENDED, PENDING, READY, STARTING, Cluster, Job, QueueWaits
 from tsslurm.sim.results import RunResult, SimConfig, Timeline
-from tsslurm.sim.slo import KILLED, REJECTED, SERVED, Outcomes
+from tsslurm.sim.slo import KILLED, REJECTED, SERVED, Outcomes, ttft_targets_s
 from tsslurm.sim.trace import Trace
 from tsslurm.sim.workers import Decoder, Prefiller
 
@@ -47,6 +47,8 @@ class Simulation:
         self.inputs = trace.input_tokens.tolist()
         self.outputs = trace.output_tokens.tolist()
         self.ids = [str(i) for i in range(len(trace))]
+        self.ttft_deadlines = (trace.arrival_s
+                               + ttft_targets_s(profile.slo, trace.input_tokens)).tolist()
         self.outcomes = Outcomes.empty(len(trace))
         self.absorb = self._absorb_tokens()
         self.max_batch = config.max_batch_tokens or profile.engine.max_num_batched_tokens or 8192
@@ -58,9 +60,9 @@ class Simulation:
         self.convertibles: list[Decoder] = []
         self.decoders: list[Decoder] = []
         """Plain decoders and convertibles: where a prefilled request's KV can go."""
-        self.queue: deque[int] = deque()
+        self.queue: DeadlineQueue[int] = DeadlineQueue()
         self.queued_tokens = 0
-        self.decode_wait: deque[tuple[int, Prefiller | None]] = deque()
+        self.decode_wait: DeadlineQueue[tuple[int, Prefiller | None]] = DeadlineQueue()
         self.open = 0
         self.generated_at_tick: dict[str, float] = {}
         self.timeline = Timeline([], {r: [] for r in ROLE_OF_WORKER}, [])
@@ -141,20 +143,21 @@ class Simulation:
             return
         self.open += 1
         self.builder.arrival(now, self.ids[request], x)
-        self.queue.append(request)
+        self.queue.push(request, self.ttft_deadlines[request])
         self.queued_tokens += x
         self._dispatch(now)
 
     def _dispatch(self, now: float) -> None:
-        """Place queued requests in order until the head cannot be placed (the broker's rule)."""
-        while self.queue:
-            request = self.queue[0]
+        """Place queued requests in the broker's order until the next cannot be placed (its rule)."""
+        queue = self.queue
+        while queue:
+            request = queue.head(now)
             x = self.inputs[request]
             placement = place_new(x, x + self.outputs[request], self._placement_candidates(),
                                   self.queued_tokens)
             if placement is None:
                 return
-            self.queue.popleft()
+            queue.pop()
             self.queued_tokens -= x
             worker = placement.worker
             self.builder.prefill_started(now, self.ids[request], worker.job_id)
@@ -186,7 +189,7 @@ class Simulation:
         for request in prefiller.batch_done:
             prefiller.release(self.inputs[request])
             self.builder.prefill_finished(now, self.ids[request])
-            self.decode_wait.append((request, prefiller))
+            self.decode_wait.push((request, prefiller), self.ttft_deadlines[request])
         prefiller.batch_done = []
         self._start_batch(now, prefiller)
         self._admit_decodes(now)
@@ -194,14 +197,15 @@ class Simulation:
         self._end_if_drained(now, prefiller)
 
     def _admit_decodes(self, now: float) -> None:
-        """Prefilled requests pull their KV to a decoder in order while one has room."""
-        while self.decode_wait:
-            request, prefiller = self.decode_wait[0]
+        """Prefilled requests pull their KV to a decoder in the broker's order while one has room."""
+        waiting = self.decode_wait
+        while waiting:
+            request, prefiller = waiting.head(now)
             need = self.inputs[request] + self.outputs[request]
             decoder = place_decode(need, self.decoders)
             if decoder is None:
                 return
-            self.decode_wait.popleft()
+            waiting.pop()
             decoder.reserve(need)
             x = self.inputs[request]
             alive = prefiller is not None and self.cluster.jobs[prefiller.job_id].state != ENDED

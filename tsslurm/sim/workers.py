@@ -80,10 +80,11 @@ class Prefiller:
         self.prefill_tokens -= tokens
 
     def send_kv(self, now: float, tokens: int) -> float:
-        """Start a KV transfer on this prefiller's link; return when it arrives."""
+        """Start a KV transfer on this prefiller's link; return when it arrives (the fixed
+        latency, perfmodel.kv_transfer_seconds', does not hold the link)."""
         start = max(now, self.link_free_at)
         self.link_free_at = start + tokens / self.velocities.kv_transfer_tokens_per_s
-        return self.link_free_at
+        return self.link_free_at + self.velocities.kv_transfer_latency_ms / 1000.0
 
     @property
     def idle(self) -> bool:
