@@ -47,13 +47,13 @@ class TokenScaleParams(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """s_C: the share of V_P a convertible gives to a burst's prefills."""
     burst_memory_s: Annotated[float, Meta(gt=0)] = 1800.0
     """How long an observed burst ratio is remembered."""
-    burst_quantile: Fraction = 0.99
+    burst_quantile: Fraction = 0.9
     """R covers this share of the requests seen over burst_memory_s (request-weighted)."""
     burst_utilisation: Fraction = 1.0
     """The share of v_P prefillers and convertibles are planned at during a burst."""
     trend_lead: Annotated[float, Meta(ge=0)] = 1.0
     """How many start-ups ahead a rising input rate is extrapolated (0: no extrapolation)."""
-    prefill_safety: Annotated[float, Meta(ge=0)] = 0.5
+    prefill_safety: Annotated[float, Meta(ge=0)] = 0.25
     """beta of the square-root staffing of the base prefill pool."""
     decode_burst: Annotated[float, Meta(ge=0, le=1)] = 0.5
     """Decoders hold decode_burst x R x the trend's decode load (a burst's KV stays a while)."""
@@ -62,14 +62,14 @@ class TokenScaleParams(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     hold_s: Annotated[float, Meta(ge=0)] | None = None
     """Scale-down hold; None: hold_factor x the slowest partition's start-up."""
     hold_factor: Annotated[float, Meta(ge=0)] = 2.0
+    """Hold released capacity for this many start-ups (queue wait + model load)."""
     backlog_lookahead: Annotated[float, Meta(ge=0)] = 1.0
     """Also clear the backlog the input rate's excess over the ready prefill capacity adds during
     one start-up (x this share), over a start-up + backlog_clear_s like any backlog."""
-    """Hold released capacity for this many start-ups (queue wait + model load)."""
 
 
 @register("tokenscale", TokenScaleParams, knob="burst_quantile",
-          knob_values=(0.9, 0.95, 0.98, 0.99, 1.0))
+          knob_values=(0.8, 0.9, 0.95, 0.99, 1.0))
 def decide(snapshot: Snapshot, params: TokenScaleParams, state: dict[str, Any]) -> Decision:
     short, mid, long = windows(snapshot.rates)
     prefill_part = reference_partition(snapshot, "prefill")
