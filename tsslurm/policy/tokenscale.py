@@ -47,7 +47,7 @@ class TokenScaleParams(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """s_C: the share of V_P a convertible gives to a burst's prefills."""
     burst_memory_s: Annotated[float, Meta(gt=0)] = 1800.0
     """How long an observed burst ratio is remembered."""
-    burst_quantile: Fraction = 0.9
+    burst_quantile: Fraction = 0.95
     """R covers this share of the requests seen over burst_memory_s (request-weighted)."""
     burst_utilisation: Fraction = 1.0
     """The share of v_P prefillers and convertibles are planned at during a burst."""
