@@ -57,8 +57,9 @@ class TokenScaleParams(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """beta of the square-root staffing of the base prefill pool."""
     decode_burst: Annotated[float, Meta(ge=0, le=1)] = 0.5
     """Decoders hold decode_burst x R x the trend's decode load (a burst's KV stays a while)."""
-    backlog_clear_s: Annotated[float, Meta(gt=0)] = 30.0
-    """Prefill capacity is added to clear the tokens waiting for prefill within this long."""
+    backlog_clear_s: Annotated[float, Meta(gt=0)] = 1.0
+    """Prefill capacity is added to clear the tokens waiting for prefill within this long once
+    it is ready (about a TTFT target: what is still queued after that is late)."""
     hold_s: Annotated[float, Meta(ge=0)] | None = None
     """Scale-down hold; None: hold_factor x the slowest partition's start-up."""
     hold_factor: Annotated[float, Meta(ge=0)] = 2.0
