@@ -1,7 +1,7 @@
 """The token-velocity policy (TokenScale), made Slurm-aware. With v_P = min(V_P, V_N):
 
-    base  I_P = ceil( (lambda_in + prefill backlog / t_clear) / (u_P v_P) )
-          I_D = ceil( sum_b lambda'_b / (u_D V_D,b) x (1 + decode backlog / (t_clear lambda')) ),
+    base  I_P = staff( (lambda_in + prefill backlog / (t_clear + S)) / (u_P v_P) )
+          I_D = ceil( sum_b lambda'_b / (u_D V_D,b) x (1 + decode backlog / ((t_clear + S) lambda')) ),
                 at least the decoders that hold the KV in use at kv_target
     burst peak = max(lambda_in(10 s), R x lambda_in(300 s)); the excess over I_P v_P goes first to
           convertibles (a prefill share s_C each) that replace decoders down to the decode
@@ -9,7 +9,8 @@
 
 lambda_in is the larger of the 300-s rate and the 60-s rate extrapolated one start-up ahead when
 it is rising (capacity asked now serves only after queue wait + model load). lambda'_b is the
-busier of the 60-s and 300-s windows. R is the request-weighted burst_quantile of the 10-s/300-s
+busier of the 60-s and 300-s windows. S is the partition's start-up (queue wait + model load),
+staff(a) = ceil(a + prefill_safety sqrt(a)) (docs/policies.md has every term). R is the request-weighted burst_quantile of the 10-s/300-s
 ratios seen in the last 30 minutes: how far above its trend a burst went, for that share of the
 requests (SLO attainment counts requests, and bursts are dense in them). The convertibles take a
 burst's excess prefill while new prefillers queue and load; a burst longer than a start-up lifts
