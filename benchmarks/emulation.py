@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -72,7 +73,8 @@ def startup_seconds(state: Path, since: float) -> list[float]:
 
 def emulate(policy: str, args: argparse.Namespace, env: dict[str, str]) -> dict[str, Any]:
     root = args.out / policy
-    root.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(root, ignore_errors=True)  # a state directory of an earlier run would be adopted
+    root.mkdir(parents=True)
     state = root / "state"
     prefix = f"emu{uuid.uuid4().hex[:6]}-{policy}"
     pools = load_profile(str(PROFILE)).pools
