@@ -40,6 +40,14 @@ def test_an_item_becomes_late_as_time_passes() -> None:
     assert queue.pop() == "b" and queue.head(1.5) == "a"
 
 
+def test_late_count() -> None:
+    queue: DeadlineQueue[str] = DeadlineQueue()
+    for item, deadline in (("a", 1.0), ("b", 2.0), ("c", 3.0)):
+        queue.push(item, deadline)
+    queue.push_urgent("u")
+    assert [queue.late_count(now) for now in (0.5, 1.5, 2.5, 3.5)] == [0, 1, 2, 3]
+
+
 def test_remove_from_anywhere() -> None:
     queue: DeadlineQueue[str] = DeadlineQueue()
     for item, deadline in (("a", 1.0), ("b", 2.0), ("c", 3.0)):

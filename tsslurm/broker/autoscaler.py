@@ -352,6 +352,7 @@ class Autoscaler:
             velocities=_velocities(snapshot), slo=self._slo_line(now, snapshot),
             requests={"in_flight": len(core.requests), "queued": len(core.prefill_queue),
                       "awaiting_decode": len(core.decode_queue),
+                      "late": core.prefill_queue.late_count(now) + core.decode_queue.late_count(now),
                       "counters": dict(core.counters)},
             decisions=list(self.decisions), notices=list(self.notices))
 

@@ -46,11 +46,9 @@ class DeadlineQueue(Generic[T]):
     def head(self, now: float) -> T | None:
         if self._urgent:
             return self._urgent[0]
-        on_time = self._on_time
-        while on_time and on_time[0][0] < now:
-            heapq.heappush(self._late, heapq.heappop(on_time))
-        if on_time:
-            return on_time[0][2]
+        self._expire(now)
+        if self._on_time:
+            return self._on_time[0][2]
         return self._late[0][2] if self._late else None
 
     def pop(self) -> T:
@@ -58,6 +56,16 @@ class DeadlineQueue(Generic[T]):
         if self._urgent:
             return self._urgent.popleft()
         return heapq.heappop(self._on_time if self._on_time else self._late)[2]
+
+    def late_count(self, now: float) -> int:
+        """How many waiting items are past their deadline (`tsslurm status` shows it)."""
+        self._expire(now)
+        return len(self._late)
+
+    def _expire(self, now: float) -> None:
+        on_time = self._on_time
+        while on_time and on_time[0][0] < now:
+            heapq.heappush(self._late, heapq.heappop(on_time))
 
     def remove(self, item: T) -> None:
         """Take out an item wherever it is (a cancelled request); O(n)."""

@@ -137,7 +137,8 @@ def render(status: Status, now: float | None = None, alive: bool = True) -> str:
         _rates(status),
         _slo(status.slo),
         (f"requests: {status.requests.get('in_flight', 0)} in flight, "
-         f"{status.requests.get('queued', 0)} queued"),
+         f"{status.requests.get('queued', 0)} queued, "
+         f"{status.requests.get('late', 0)} waiting past their TTFT"),
     ]
     if status.decisions:
         lines += ["", "last decisions:"]
