@@ -26,7 +26,7 @@ def ttft_deadline(slo: Slo, arrival: float, input_tokens: int) -> float:
 
 
 class DeadlineQueue(Generic[T]):
-    """Urgent items in the order put back, then on-time items earliest deadline first, then late
+    """Urgent items (the last put back first), then on-time items earliest deadline first, then late
     items oldest deadline first. `head(now)` moves items whose deadline has passed to the late ones
     and returns the next item; `pop()` removes that item."""
 
