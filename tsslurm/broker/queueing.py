@@ -84,9 +84,6 @@ class DeadlineQueue(Generic[T]):
     def __len__(self) -> int:
         return len(self._urgent) + len(self._on_time) + len(self._late)
 
-    def __bool__(self) -> bool:
-        return bool(self._urgent or self._on_time or self._late)
-
     def __iter__(self) -> Iterator[T]:
         """Every item, in no particular order."""
         yield from self._urgent
