@@ -42,7 +42,6 @@ from tsslurm.profile.schema import Profile, QueueWait
 from tsslurm.sim.command import SimulateArgs, prepare_trace
 from tsslurm.sim.results import SimConfig
 from tsslurm.sim.run import oracle_bounds, run_policy
-from tsslurm.sim.slo import ttft_targets_s
 from tsslurm.sim.trace import Trace
 
 WINDOWS_S = (1, 2, 4, 8, 16, 32, 64)
@@ -54,7 +53,7 @@ MARGINS = (0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.9, 1.0, 1.1, 1.25)
 def prefill_need(trace: Trace, profile: Profile, seconds: int) -> np.ndarray:
     """Prefill instances per second (fractional, before the margin)."""
     velocity = profile.partitions[0].velocities.prefill_tokens_per_s
-    shortest = float(ttft_targets_s(profile.slo, trace.input_tokens).min())
+    shortest = float(profile.slo.ttft_targets_s(trace.input_tokens).min())
     second = np.minimum(trace.arrival_s.astype(np.int64), seconds - 1)
     work = np.bincount(second, weights=trace.input_tokens / velocity, minlength=seconds)
     cumulative = np.concatenate([[0.0], np.cumsum(work)])
@@ -69,7 +68,7 @@ def prefill_need(trace: Trace, profile: Profile, seconds: int) -> np.ndarray:
 def decode_need(trace: Trace, profile: Profile, seconds: int) -> np.ndarray:
     """Decoders per second (fractional, before the margin): reserved KV over capacity."""
     capacity = profile.partitions[0].velocities.kv_capacity_tokens
-    ttft = ttft_targets_s(profile.slo, trace.input_tokens)
+    ttft = profile.slo.ttft_targets_s(trace.input_tokens)
     start = trace.arrival_s + ttft
     end = start + np.maximum(trace.output_tokens - 1, 0) * DECODE_ITERATION_S
     reserved = (trace.input_tokens + trace.output_tokens).astype(np.float64)

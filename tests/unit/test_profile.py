@@ -2,9 +2,13 @@
 
 from pathlib import Path
 
+import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from tsslurm.profile import ProfileError, load_profile, parse_profile
+from tsslurm.profile.schema import Slo
 
 PROFILES = sorted(Path(__file__).resolve().parents[2].joinpath("profiles").glob("*.yaml"))
 TINY = Path(__file__).resolve().parents[2].joinpath("profiles", "local-tiny.yaml").read_text()
@@ -65,3 +69,17 @@ def test_unknown_policy_is_reported() -> None:
 def test_unreadable_file(tmp_path: Path) -> None:
     with pytest.raises(ProfileError, match="cannot read"):
         load_profile(tmp_path / "missing.yaml")
+
+
+@given(st.lists(st.integers(min_value=0, max_value=200_000), min_size=1, max_size=50))
+def test_ttft_targets_of_many_requests_agree_with_one_at_a_time(inputs: list[int]) -> None:
+    slo = Slo()
+    many = slo.ttft_targets_s(np.array(inputs))
+    assert many.tolist() == pytest.approx([slo.ttft_ms_for(x) / 1000.0 for x in inputs])
+
+
+def test_ttft_tier_edges() -> None:
+    slo = Slo()
+    assert [slo.ttft_ms_for(x) for x in (0, 255, 256, 1023, 1024, 8191)] == \
+        [250, 250, 400, 400, 2000, 2000]
+    assert slo.ttft_ms_for(8192) == pytest.approx(2000 + 1000 * 8192 / 6667)

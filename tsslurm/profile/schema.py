@@ -7,6 +7,7 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 
 import msgspec
+import numpy as np
 from msgspec import Meta
 
 from tsslurm.slurm.duration import parse_slurm_duration
@@ -142,10 +143,21 @@ class Slo(_Node):
     tpot_ms: _positive("TPOT is half of every request's SLO") = 100.0
 
     def ttft_ms_for(self, input_tokens: int) -> float:
+        """A request's TTFT target: the first tier its input is below, beyond the last tier that
+        tier's TTFT + input / ttft_beyond_tokens_per_s (the broker's queue deadlines)."""
         for tier in self.ttft_tiers:
             if input_tokens < tier.max_input_tokens:
                 return tier.ttft_ms
         return self.ttft_tiers[-1].ttft_ms + 1000.0 * input_tokens / self.ttft_beyond_tokens_per_s
+
+    def ttft_targets_s(self, input_tokens: np.ndarray) -> np.ndarray:
+        """ttft_ms_for of many requests at once, in seconds (the simulator's deadlines, SLO
+        accounting and bounds)."""
+        limits = np.array([t.max_input_tokens for t in self.ttft_tiers])
+        targets = np.array([t.ttft_ms for t in self.ttft_tiers], dtype=np.float64) / 1000.0
+        tier = np.searchsorted(limits, input_tokens, side="right")
+        beyond = targets[-1] + input_tokens / self.ttft_beyond_tokens_per_s
+        return np.where(tier < len(limits), targets[np.minimum(tier, len(limits) - 1)], beyond)
 
 
 class LengthBuckets(_Node):

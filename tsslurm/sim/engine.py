@@ -25,7 +25,7 @@ from tsslurm.policy.snapshot import Action, Cancel, Drain, Submit
 from tsslurm.profile.schema import Partition, Profile
 from tsslurm.sim.cluster import DRAINING, ENDED, PENDING, READY, STARTING, Cluster, Job, QueueWaits
 from tsslurm.sim.results import RunResult, SimConfig, Timeline
-from tsslurm.sim.slo import KILLED, REJECTED, SERVED, Outcomes, ttft_targets_s
+from tsslurm.sim.slo import KILLED, REJECTED, SERVED, Outcomes
 from tsslurm.sim.trace import Trace
 from tsslurm.sim.workers import Decoder, Prefiller
 
@@ -48,7 +48,7 @@ class Simulation:
         self.outputs = trace.output_tokens.tolist()
         self.ids = [str(i) for i in range(len(trace))]
         self.ttft_deadlines = (trace.arrival_s
-                               + ttft_targets_s(profile.slo, trace.input_tokens)).tolist()
+                               + profile.slo.ttft_targets_s(trace.input_tokens)).tolist()
         self.outcomes = Outcomes.empty(len(trace))
         self.absorb = self._absorb_tokens()
         self.max_batch = config.max_batch_tokens or profile.engine.max_num_batched_tokens or 8192

@@ -27,7 +27,6 @@ from __future__ import annotations
 import numpy as np
 
 from tsslurm.profile.schema import Profile
-from tsslurm.sim.slo import ttft_targets_s
 from tsslurm.sim.trace import Trace
 
 BLOCKS_S = tuple(0.5 * 2 ** (k / 2) for k in range(20))
@@ -49,7 +48,7 @@ class Work:
         a = trace.arrival_s[keep]
         x = trace.input_tokens[keep].astype(np.float64)
         o = trace.output_tokens[keep].astype(np.float64)
-        ttft = ttft_targets_s(profile.slo, trace.input_tokens[keep])
+        ttft = profile.slo.ttft_targets_s(trace.input_tokens[keep])
         tpot = profile.slo.tpot_ms / 1000.0
         prefill_gpu_s, prefill_wall_s, decode_gpu_s, decode_wall_s = _per_request(profile, x, o)
         decoding = o > 1
@@ -72,7 +71,7 @@ def feasible(trace: Trace, profile: Profile) -> np.ndarray:
     """Requests some policy could serve within SLO: within the context, prefill alone in time."""
     fits = trace.input_tokens + trace.output_tokens <= profile.model.max_context_tokens
     fastest = max(p.velocities.prefill_tokens_per_s for p in _partitions(profile))
-    return fits & (trace.input_tokens / fastest <= ttft_targets_s(profile.slo, trace.input_tokens))
+    return fits & (trace.input_tokens / fastest <= profile.slo.ttft_targets_s(trace.input_tokens))
 
 
 def _partitions(profile: Profile) -> list:

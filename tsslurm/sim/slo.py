@@ -29,16 +29,6 @@ class Outcomes:
         return cls(np.zeros(count, dtype=np.int8), np.full(count, np.nan), np.full(count, np.nan))
 
 
-def ttft_targets_s(slo: Slo, input_tokens: np.ndarray) -> np.ndarray:
-    """Per-request TTFT target: the tier of its input length, beyond the last tier its TTFT plus
-    input / ttft_beyond_tokens_per_s."""
-    limits = np.array([t.max_input_tokens for t in slo.ttft_tiers])
-    targets = np.array([t.ttft_ms for t in slo.ttft_tiers], dtype=np.float64) / 1000.0
-    tier = np.searchsorted(limits, input_tokens, side="right")
-    beyond = targets[-1] + input_tokens / slo.ttft_beyond_tokens_per_s
-    return np.where(tier < len(limits), targets[np.minimum(tier, len(limits) - 1)], beyond)
-
-
 @dataclass(frozen=True)
 class Attainment:
     meets: np.ndarray
@@ -55,7 +45,7 @@ def attainment(outcomes: Outcomes, arrival_s: np.ndarray, input_tokens: np.ndarr
     decoding = np.maximum(output_tokens - 1, 1)
     tpot = np.where(output_tokens > 1, (outcomes.finish_s - outcomes.first_token_s) / decoding, 0.0)
     slack = 1e-9
-    ttft_ok = served & (ttft <= ttft_targets_s(slo, input_tokens) + slack)
+    ttft_ok = served & (ttft <= slo.ttft_targets_s(input_tokens) + slack)
     tpot_ok = served & (tpot <= slo.tpot_ms / 1000.0 + slack)
     return Attainment(ttft_ok & tpot_ok, ttft_ok, tpot_ok, ttft, tpot)
 
