@@ -47,7 +47,7 @@ class HuggingFaceTokenizer:
         self.spec = str(file)
         try:
             self._tokenizer = tokenizers.Tokenizer.from_file(str(file))
-        except Exception as error:  # tokenizers raises a bare Exception on a bad file
+        except Exception as error:  # noqa: BLE001 - tokenizers raises a bare Exception
             raise TokenizerError(f"cannot load tokenizer {file}: {error}") from None
 
     def encode(self, text: str) -> list[int]:

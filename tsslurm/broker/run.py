@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import msgspec
+import zmq
 
 from tsslurm.broker.config import BrokerConfig, config_from_profile
 from tsslurm.broker.server import Broker
@@ -70,7 +71,7 @@ def serve(profile: Profile, state_root: Path, on_ready: Callable[[Connection], N
 def _bind(broker: Broker) -> None:
     try:
         broker.bind()
-    except Exception as error:  # zmq.ZMQError: address in use, bad host
+    except zmq.ZMQBaseError as error:  # address in use, bad host, no free port
         raise UserError(f"cannot bind the broker on {broker.config.host}: {error}") from None
 
 

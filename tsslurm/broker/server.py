@@ -122,7 +122,7 @@ class Broker:
             self._run_timers()
             if self.core.dirty:
                 self.core.dispatch(time.time())
-        except Exception as error:  # a bug must not end the loop; the log says where
+        except Exception as error:  # noqa: BLE001 - a bug must not end the loop; the log says where
             self._internal_error(error)
         self.outbox.flush()
 
@@ -162,7 +162,7 @@ class Broker:
             self.received += 1
             try:
                 self._on_client(frames, now)
-            except Exception as error:  # a bug must cost one request, not the broker
+            except Exception as error:  # noqa: BLE001 - a bug must cost one request, not the broker
                 self._internal_error(error)
                 self.core.reject(frames[0], None, "internal", f"internal error: {error}")
 
@@ -176,7 +176,7 @@ class Broker:
             self.received += 1
             try:
                 self._on_worker(frames, now)
-            except Exception as error:
+            except Exception as error:  # noqa: BLE001 - a bug must cost one message, not the broker
                 self._internal_error(error)
 
     def _wake_pair(self) -> tuple[zmq.Socket, zmq.Socket]:
@@ -195,7 +195,7 @@ class Broker:
         while self._calls:
             try:
                 self._calls.popleft()(time.time())
-            except Exception as error:
+            except Exception as error:  # noqa: BLE001 - a failing call must not end the loop
                 self._internal_error(error)
 
     def _drain_tokenizer(self) -> None:

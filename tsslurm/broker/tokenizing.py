@@ -51,7 +51,7 @@ class TokenizerPool:
     def _encode(self, request_id: str, text: str) -> None:
         try:
             result: TokenizeResult = (request_id, self._tokenizer.encode(text), None)
-        except Exception as error:  # a tokenizer failure is the request's problem, not the loop's
+        except Exception as error:  # noqa: BLE001 - the request's problem, not the loop's
             result = (request_id, None, f"{type(error).__name__}: {error}")
         self._results.append(result)
         with self._wake_lock:

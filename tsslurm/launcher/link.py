@@ -162,7 +162,7 @@ class BrokerLink:
         state.next_beat = now + self._heartbeat_s
         try:
             target = self._locate()
-        except Exception as error:  # the broker is restarting: its connection file is missing
+        except Exception as error:  # noqa: BLE001 - the broker is restarting: no connection file
             log.warning("cannot locate the broker (%s); retrying", error)
             return
         state.dealer = _dealer(self.context, target)

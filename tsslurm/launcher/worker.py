@@ -74,7 +74,7 @@ class WorkerRuntime:
         loop.add_signal_handler(signal.SIGUSR1, self._drain, "SIGUSR1: the time limit is near")
         try:
             info = await self.engine.start()
-        except Exception as error:
+        except Exception as error:  # noqa: BLE001 - any failure to start ends the job with 1
             log.error("the engine failed to start: %s", error)
             return 1
         gc.freeze()  # start-up's objects (modules, the profile, the model's) stay out of collections
@@ -141,7 +141,7 @@ class WorkerRuntime:
                 self._on_outputs([output])
         except EngineError as error:
             self._end(FATAL, 1, f"engine error: {error}")
-        except Exception as error:
+        except Exception as error:  # noqa: BLE001 - one request's failure goes back to it
             self._on_outputs([OutputItem(request_id=item.request_id, error=str(error))])
         finally:
             self._tasks.pop(item.request_id, None)
@@ -225,7 +225,7 @@ class WorkerRuntime:
             log.error("the broker refused this worker: %s", ending.reason)
         try:
             await asyncio.wait_for(self.engine.shutdown(), timeout=30)
-        except Exception as error:
+        except Exception as error:  # noqa: BLE001 - the job is ending anyway
             log.warning("engine shutdown: %r", error)
         self.link.close()
         return ending.exit_code
