@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import json
 import math
 import tempfile
 from functools import cache
@@ -34,6 +33,7 @@ from typing import Any
 
 import msgspec
 import numpy as np
+from policy_sweep import write_table
 
 from tsslurm.policy.reconcile import placed
 from tsslurm.policy.snapshot import Decision, Snapshot
@@ -192,10 +192,7 @@ def main() -> None:
             scenario = scenario_rows(label, trace, base, scratch)
             rows += scenario
             lines.append(summary_line(scenario))
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.with_suffix(".json").write_text(json.dumps(rows, indent=1))
-    args.out.with_suffix(".md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    write_table(args.out, rows, lines)
 
 
 if __name__ == "__main__":

@@ -9,12 +9,11 @@ wait, exponential, half model load).
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 from typing import Any
 
 import msgspec
-from policy_sweep import run_trace
+from policy_sweep import run_trace, write_table
 
 from tsslurm.profile import load_profile
 from tsslurm.profile.schema import PoolBounds, Profile, QueueWait
@@ -66,10 +65,7 @@ def main() -> None:
     lines += [f"| {r['startup_s']:.0f} s | {r['policy']} | {r['slo']:.3f} | {r['gpu_hours']:.2f} | "
               f"{r['x_oracle_startup']:.2f} | {r['slo_after_warmup']:.3f} | "
               f"{r['gpu_hours_after_warmup']:.2f} |" for r in rows]
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.with_suffix(".json").write_text(json.dumps(rows, indent=1))
-    args.out.with_suffix(".md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    write_table(args.out, rows, lines)
 
 
 if __name__ == "__main__":

@@ -149,6 +149,14 @@ def _scenario(report: dict[str, Any]) -> str:
     return f"{report['trace']} ({label})"
 
 
+def write_table(out: Path, rows: list[dict[str, Any]], lines: list[str]) -> None:
+    """OUT.json (the rows) and OUT.md (the table), and the table on stdout."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".json").write_text(json.dumps(rows, indent=1))
+    out.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("traces", nargs="+")
