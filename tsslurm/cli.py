@@ -93,6 +93,8 @@ def broker(profile: str, state_dir: Path | None, host: str | None, client_port: 
               help="Partition of the --broker-in-job job")
 @click.option("--broker-time", default="1-00:00:00", show_default=True,
               help="Time limit of the --broker-in-job job")
+@click.option("--take-over", is_flag=True, hidden=True,
+              help="Internal: the successor of the broker's job takes over from the running one")
 @click.option("--job-prefix", default=None, help="Job names <prefix>-<role> [tsslurm-<deployment>]")
 @click.option("--metrics-port", type=click.IntRange(0, 65535), default=None,
               help="Prometheus port (0: any free port) [the profile's broker.metrics_port]")

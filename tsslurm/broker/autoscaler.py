@@ -55,10 +55,29 @@ DOWN_SETTLE_S = 15.0
 
 
 class Control(msgspec.Struct, frozen=True):
-    """What `tsslurm down` asks a running broker (the control file in the state directory)."""
+    """What a running broker is asked through the control file in the state directory: "down"
+    (`tsslurm down`) or "handover" (a successor broker job takes over; the jobs stay)."""
 
     command: str
     now: bool = False
+
+
+def write_control(root: Path, control: Control) -> None:
+    temporary = root / (CONTROL_FILE + ".tmp")
+    temporary.write_bytes(msgspec.json.encode(control))
+    temporary.replace(root / CONTROL_FILE)
+
+
+def withdraw_handover(root: Path) -> None:
+    """Remove a handover request nobody read (its broker had already gone): the broker taking
+    over would otherwise read it as its own. Any other request stays."""
+    path = root / CONTROL_FILE
+    try:
+        control = msgspec.json.decode(path.read_bytes(), type=Control)
+    except (OSError, msgspec.DecodeError, msgspec.ValidationError):
+        return
+    if control.command == "handover":
+        path.unlink(missing_ok=True)
 
 
 class Autoscaler:
@@ -82,6 +101,11 @@ class Autoscaler:
         self._slo: deque[tuple[float, bool]] = deque()
         self._down: bool | None = None
         """None: serving; False: drain everything; True: cancel everything now."""
+        self._handover = False
+        """Stop without touching a job: a successor broker re-adopts them."""
+        self.rotating = False
+        """This broker's job nears its time limit and a successor was asked for: Slurm's
+        SIGTERM then means hand over, not down."""
         self._down_since: float | None = None
         self._settled_since: float | None = None
         self._poll_error: str | None = None
@@ -132,7 +156,9 @@ class Autoscaler:
         self._settle(now)
         self._read_control()
         snapshot = self.builder.snapshot(now)
-        if self._down is None:
+        if self._handover:
+            self._hand_over(now)
+        elif self._down is None:
             self._step(now, snapshot)
         else:
             self._down_step(now)
@@ -142,6 +168,11 @@ class Autoscaler:
     def request_down(self, now: bool = False) -> None:
         """Signal- and thread-safe: drain (or, with `now`, cancel) everything, then stop."""
         self._down = bool(now) or bool(self._down)
+
+    def request_handover(self) -> None:
+        """Signal- and thread-safe: stop serving, leave every job running (ignored once a down
+        has begun: that down finishes)."""
+        self._handover = self._down is None
 
     def _submissions(self, now: float, report: Report) -> None:
         for done in report.submitted:
@@ -246,6 +277,8 @@ class Autoscaler:
         path.unlink(missing_ok=True)
         if control.command == "down":
             self.request_down(control.now)
+        elif control.command == "handover":
+            self.request_handover()
 
     def _down_step(self, now: float) -> None:
         if self._down_since is None:
@@ -262,6 +295,15 @@ class Autoscaler:
             elif job.state == "ready" and (job.role == "prefill" or not prefill_left):
                 self._drain(now, job.job_id, "down")
         self._stop_when_settled(now)
+
+    def _hand_over(self, now: float) -> None:
+        if self.phase != "handing over":
+            self.phase = "handing over"
+            jobs = sorted(self.fleet.jobs)
+            self.log.event(now, "handover", jobs=jobs)
+            log.info("handing over to a successor broker; jobs left running: %s",
+                     ", ".join(jobs) or "none")
+            self.broker.request_stop()
 
     def _stop_when_settled(self, now: float) -> None:
         if self.fleet.jobs:

@@ -19,25 +19,18 @@ from pathlib import Path
 
 import msgspec
 
-from tsslurm.broker.autoscaler import CONTROL_FILE, Control
+from tsslurm.broker import broker_job
+from tsslurm.broker.autoscaler import Control, write_control
 from tsslurm.broker.backends import SlurmBackend
 from tsslurm.broker.local_jobs import LocalBackend
 from tsslurm.broker.status import Status, read_status, render
 from tsslurm.broker.store import OPEN_JOB_STATES, JobRecord, Store, read_jobs
 from tsslurm.broker.up import UpOptions, resolve
 from tsslurm.errors import UserError
-from tsslurm.profile.schema import Partition
 from tsslurm.slurm.adapter import SlurmAdapter
-from tsslurm.slurm.render import JobSpec
 
-BROKER_JOB_FILE = "broker-job.json"
 STALE_AFTER_S = 15.0
 TSSLURM = str(Path(sys.executable).parent / "tsslurm")
-
-
-class BrokerJob(msgspec.Struct, frozen=True):
-    job_id: str
-    slurm_conf: str
 
 
 def up_argv(options: UpOptions, **changes: object) -> list[str]:
@@ -110,19 +103,15 @@ def broker_in_job(options: UpOptions, say: Callable[[str], None],
     deployment = resolve(options)
     root = deployment.root
     root.mkdir(mode=0o700, parents=True, exist_ok=True)
-    adapter = SlurmAdapter()
     prefix = options.job_prefix or f"tsslurm-{deployment.profile.deployment}"
-    part = Partition(name=options.broker_partition, gres="", cpus_per_instance=2, mem="4G",
-                     template="cpu.sbatch", time_limit=options.broker_time)
-    spec = JobSpec(name=f"{prefix}-broker", partition=part, log_dir=str(root / "logs"),
-                   command=up_argv(options, backend=options.backend or "slurm",
-                                   job_prefix=prefix, profile=deployment.profile_path,
-                                   state_dir=str(root)), gpus=0)
+    command = up_argv(options, backend=options.backend or "slurm", job_prefix=prefix,
+                      profile=deployment.profile_path, state_dir=str(root))
     since = time.time()
-    job_id = adapter.submit_job(spec)
-    (root / BROKER_JOB_FILE).write_bytes(msgspec.json.encode(
-        BrokerJob(job_id, os.environ.get("SLURM_CONF", ""))))
-    say(f"submitted the broker as Slurm job {job_id} on partition {part.name}")
+    record = broker_job.submit(root, f"{prefix}-broker", options.broker_partition,
+                               options.broker_time, command)
+    job_id = record.job_id
+    adapter = broker_job.adapter_for(record)
+    say(f"submitted the broker as Slurm job {job_id} on partition {options.broker_partition}")
 
     def ended() -> int | None:
         status = adapter.poll([job_id]).statuses.get(job_id)
@@ -141,13 +130,11 @@ def down(root: Path, now: bool, say: Callable[[str], None], timeout_s: float = 9
     else:
         say("no broker is running: cancelling the deployment's recorded jobs directly")
         _cancel_recorded(root, say)
-    _cancel_broker_job(root, say)
+    broker_job.end(root, say)
 
 
 def _ask_broker(root: Path, now: bool, say: Callable[[str], None], timeout_s: float) -> None:
-    temporary = root / (CONTROL_FILE + ".tmp")
-    temporary.write_bytes(msgspec.json.encode(Control("down", now)))
-    temporary.replace(root / CONTROL_FILE)
+    write_control(root, Control("down", now))
     say("asked the broker to " + ("cancel every job and stop" if now
                                   else "drain and cancel every job, then stop"))
     deadline = time.monotonic() + timeout_s
@@ -192,25 +179,6 @@ def _backend_for(root: Path, settings: dict[str, str]) -> SlurmBackend | LocalBa
         return SlurmBackend(adapter, profile_path=settings.get("profile_path", ""),
                             state_dir=root, name_prefix=settings.get("job_prefix", "tsslurm"))
     return LocalBackend(profile_path=settings.get("profile_path", ""), state_dir=root)
-
-
-def _cancel_broker_job(root: Path, say: Callable[[str], None]) -> None:
-    path = root / BROKER_JOB_FILE
-    try:
-        job = msgspec.json.decode(path.read_bytes(), type=BrokerJob)
-    except (OSError, msgspec.DecodeError, msgspec.ValidationError):
-        return
-    adapter = SlurmAdapter.for_conf(job.slurm_conf) if job.slurm_conf else SlurmAdapter()
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        status = adapter.poll([job.job_id]).statuses.get(job.job_id)
-        if status is None or status.final:
-            break
-        time.sleep(0.5)
-    else:
-        adapter.cancel([job.job_id])
-        say(f"cancelled the broker's job {job.job_id}")
-    path.unlink(missing_ok=True)
 
 
 def _tail(path: Path, lines: int = 20) -> str:

@@ -6,7 +6,8 @@ deployment's lock (one broker per state directory: `broker.pid`), binds the brok
 address and ports of the previous run when there was one (so the workers and clients of a
 crashed broker find it again), re-adopts that run's jobs and starts ticking.
 SIGINT or SIGTERM drains and stops (a second SIGINT cancels at once); SIGUSR1 (the broker's own
-job nearing its time limit) is logged."""
+job nearing its time limit) submits the job that takes over from it (broker_job.py), after which
+SIGTERM hands over instead."""
 
 from __future__ import annotations
 
@@ -25,7 +26,8 @@ from pathlib import Path
 
 import msgspec
 
-from tsslurm.broker.autoscaler import Autoscaler
+from tsslurm.broker import broker_job
+from tsslurm.broker.autoscaler import Autoscaler, Control, withdraw_handover, write_control
 from tsslurm.broker.backends import JobBackend, SlurmBackend
 from tsslurm.broker.local_jobs import LocalBackend
 from tsslurm.broker.metrics import Metrics
@@ -43,6 +45,8 @@ from tsslurm.statedir import StateDir, StateDirError
 log = logging.getLogger("tsslurm.up")
 
 PID_FILE = "broker.pid"
+TAKE_OVER_WAIT_S = 120.0
+"""How long a successor broker waits for the running one to hand over."""
 TINY_MODEL = "tiny-llama"
 _PREFIX = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
@@ -63,6 +67,9 @@ class UpOptions(msgspec.Struct, frozen=True, kw_only=True):
     broker_in_job: bool = False
     broker_partition: str = "cpu"
     broker_time: str = "1-00:00:00"
+    take_over: bool = False
+    """Run in the successor of the deployment's broker job: ask the running broker to hand over
+    and wait for it (broker_job.py)."""
     log_level: str = "INFO"
 
 
@@ -127,22 +134,46 @@ def make_backend(kind: str, deployment: Deployment, prefix: str) -> JobBackend:
 
 
 @contextlib.contextmanager
-def deployment_lock(root: Path) -> Iterator[None]:
-    """One broker per deployment: an flock on broker.pid, which holds this process's pid."""
+def deployment_lock(root: Path, wait_s: float = 0.0) -> Iterator[None]:
+    """One broker per deployment: an flock on broker.pid, which holds this process's pid.
+    With `wait_s`, wait that long for the broker holding it to leave."""
     root.mkdir(mode=0o700, parents=True, exist_ok=True)
     descriptor = os.open(root / PID_FILE, os.O_RDWR | os.O_CREAT, 0o600)
     try:
-        try:
-            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(descriptor, 32, 0).decode(errors="replace").strip() or "?"
-            raise UserError(f"this deployment is already up (broker pid {holder}, state "
-                            f"{root}): see `tsslurm status`, or `tsslurm down` first") from None
+        deadline = time.monotonic() + wait_s
+        while not _try_lock(descriptor):
+            if time.monotonic() >= deadline:
+                holder = os.pread(descriptor, 32, 0).decode(errors="replace").strip() or "?"
+                raise UserError(f"this deployment is already up (broker pid {holder}, state "
+                                f"{root}): see `tsslurm status`, or `tsslurm down` first")
+            time.sleep(0.2)
         os.ftruncate(descriptor, 0)
         os.pwrite(descriptor, f"{os.getpid()}\n".encode(), 0)
         yield
     finally:
         os.close(descriptor)
+
+
+def _try_lock(descriptor: int) -> bool:
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    return True
+
+
+@contextlib.contextmanager
+def _taken_over(root: Path) -> Iterator[None]:
+    """The lock of a deployment whose broker job this successor job replaces: ask the running
+    broker to hand over, wait for it to leave, and become the broker job."""
+    job_id = broker_job.check_successor(root)
+    write_control(root, Control("handover"))
+    log.info("job %s: asked the running broker to hand over", job_id)
+    with deployment_lock(root, wait_s=TAKE_OVER_WAIT_S):
+        withdraw_handover(root)
+        broker_job.check_successor(root)
+        broker_job.promote(root, job_id)
+        yield
 
 
 def previous_ports(root: Path) -> dict[str, object]:
@@ -165,7 +196,8 @@ def run(options: UpOptions, say: Callable[[str], None],
     kind, why = choose_backend(profile, options.backend)
     runner = PolicyRunner.from_ref(options.policy or profile.policy.name, profile.policy.params)
     StateDir.create(deployment.root)
-    with deployment_lock(deployment.root), _bound_broker(deployment) as broker:
+    lock = _taken_over(deployment.root) if options.take_over else deployment_lock(deployment.root)
+    with lock, _bound_broker(deployment) as broker:
         assert broker.store is not None
         prefix = job_prefix(deployment, options.job_prefix, broker.store)
         backend = make_backend(kind, deployment, prefix)
@@ -189,7 +221,7 @@ def _serve(broker: Broker, autoscaler: Autoscaler, deployment: Deployment, kind:
         "slurm_conf": os.environ.get("SLURM_CONF", "")})
     autoscaler.backend.start()
     broker.every("autoscaler", deployment.profile.broker.tick_s, autoscaler.tick)
-    _signals(autoscaler)
+    _signals(autoscaler, deployment.root)
     connection = broker.state.read_connection()
     say(f"{deployment.profile.deployment} up: {kind} backend ({autoscaler.backend_why}), policy "
         f"{autoscaler.runner.name}, clients {connection.client_address}, state {deployment.root}"
@@ -232,10 +264,14 @@ def _metrics(profile: Profile, override: int | None) -> Metrics | None:
     return metrics
 
 
-def _signals(autoscaler: Autoscaler) -> None:
+def _signals(autoscaler: Autoscaler, root: Path) -> None:
     asked = {"count": 0}
 
     def down(signum: int, frame: object) -> None:
+        if signum == signal.SIGTERM and autoscaler.rotating:
+            log.warning("SIGTERM at the time limit: handing over to the successor broker job")
+            autoscaler.request_handover()
+            return
         asked["count"] += 1
         now = signum == signal.SIGINT and asked["count"] > 1
         log.warning("%s: %s", signal.Signals(signum).name,
@@ -245,9 +281,30 @@ def _signals(autoscaler: Autoscaler) -> None:
 
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, down)
-    signal.signal(signal.SIGUSR1, lambda *_: log.warning(
-        "SIGUSR1: this broker's own job nears its time limit; run `tsslurm up --broker-in-job` "
-        "again afterwards to re-adopt the workers"))
+    signal.signal(signal.SIGUSR1, lambda *_: _time_limit_near(autoscaler, root))
+
+
+def _time_limit_near(autoscaler: Autoscaler, root: Path) -> None:
+    """SIGUSR1: in the deployment's broker job, submit its successor (off the signal handler:
+    sbatch takes a while); anywhere else there is nothing to rotate."""
+    if broker_job.own_job(root) is None:
+        log.warning("SIGUSR1: the time limit is near, but this broker is not the deployment's "
+                    "broker job: nothing to rotate")
+        return
+    autoscaler.rotating = True
+    threading.Thread(target=_submit_successor, args=(autoscaler, root),
+                     name="tsslurm-rotation", daemon=True).start()
+
+
+def _submit_successor(autoscaler: Autoscaler, root: Path) -> None:
+    try:
+        successor = broker_job.submit_successor(root)
+    except (UserError, OSError) as error:
+        log.error("SIGUSR1: could not submit the successor broker job: %s", error)
+        return
+    log.warning("SIGUSR1: the time limit is near; successor broker job %s submitted", successor)
+    autoscaler.broker.call_soon(lambda now: autoscaler.log.event(now, "rotation",
+                                                                 successor=successor))
 
 
 DEMO_PROMPT = "Once upon a time"
