@@ -8,6 +8,9 @@ job, which re-adopts the workers: they keep running, and clients find the new br
 from __future__ import annotations
 
 import json
+import time
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 from slurm_helpers import wait_for
@@ -44,6 +47,14 @@ def generates(d) -> bool:
         return client.generate(prompt, 12).token_ids == mock_continuation(prompt, 12)
 
 
+def wait_until(value: Callable[[], object], timeout_s: float, what: str) -> Any:
+    deadline = time.monotonic() + timeout_s
+    while not (result := value()):
+        assert time.monotonic() < deadline, f"no {what} after {timeout_s:g} s"
+        time.sleep(0.1)
+    return result
+
+
 def test_the_broker_runs_in_a_cpu_job(slurm, slurm_deployments) -> None:  # noqa: F811
     d = one_decoder_in_a_broker_job(slurm, slurm_deployments)
     broker_job = broker_job_id(d)
@@ -72,8 +83,8 @@ def test_near_its_time_limit_the_broker_job_hands_over(slurm, slurm_deployments)
     slurm.adapter.cancel([first], signal="USR1", batch_only=True)  # Slurm's time-limit warning
     ended = wait_for(slurm.adapter, first, {"COMPLETED", "CANCELLED", "FAILED", "TIMEOUT"}, 120)
     assert ended.state == "COMPLETED", "the old broker left on its own after handing over"
-    second = broker_job_id(d)
-    assert second != first, "the successor is now the deployment's broker job"
+    second = wait_until(lambda: broker_job_id(d) != first and broker_job_id(d), 60,
+                        "the successor recorded as the deployment's broker job")
     after = d.wait(lambda s: s.pid != before.pid or s.host != before.host, "the successor",
                    timeout_s=60)
     d.wait(lambda s: s.phase == "serving" and ready("decode")(s), "the worker back", timeout_s=60)
