@@ -83,3 +83,9 @@ def test_ttft_tier_edges() -> None:
     assert [slo.ttft_ms_for(x) for x in (0, 255, 256, 1023, 1024, 8191)] == \
         [250, 250, 400, 400, 2000, 2000]
     assert slo.ttft_ms_for(8192) == pytest.approx(2000 + 1000 * 8192 / 6667)
+
+
+def test_a_port_out_of_range_is_a_profile_error() -> None:
+    text = TINY.replace("broker:\n", "broker:\n  client_port: 70000\n", 1)
+    with pytest.raises(ProfileError, match="broker.client_port.*<= 65535"):
+        parse_profile(text)

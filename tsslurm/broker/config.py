@@ -3,7 +3,10 @@ Pure: no I/O."""
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import msgspec
+from msgspec import Meta
 
 from tsslurm.profile.schema import Profile, Slo
 
@@ -13,8 +16,8 @@ class BrokerConfig(msgspec.Struct, frozen=True, kw_only=True):
     model: str
     max_context_tokens: int
     host: str = "127.0.0.1"
-    client_port: int = 0
-    worker_port: int = 0
+    client_port: Annotated[int, Meta(ge=0, le=65535)] = 0
+    worker_port: Annotated[int, Meta(ge=0, le=65535)] = 0
     heartbeat_s: float = 1.0
     liveness: int = 5
     max_retries: int = 3

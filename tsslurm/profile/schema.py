@@ -21,6 +21,10 @@ def _non_negative(why: str, kind: type = float) -> Any:
     return Annotated[kind, Meta(ge=0, description=why)]
 
 
+def _port(why: str) -> Any:
+    return Annotated[int, Meta(ge=0, le=65535, description=why)]
+
+
 class _Node(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
     """Base of every profile node: immutable, unknown keys are errors."""
 
@@ -189,10 +193,10 @@ class PolicyConfig(_Node):
 class Broker(_Node):
     host: str = "127.0.0.1"
     """Address the broker binds; workers on compute nodes need the head node's cluster address."""
-    client_port: int = 0
-    worker_port: int = 0
+    client_port: _port("the broker's client port") = 0
+    worker_port: _port("the broker's worker port") = 0
     """0: an ephemeral port, published in the connection file."""
-    metrics_port: int | None = None
+    metrics_port: _port("the Prometheus port") | None = None
     tick_s: _positive("the policy runs every tick") = 1.0
     heartbeat_s: _positive("heartbeats detect dead workers and a dead broker") = 1.0
     liveness: _positive("a peer is dead after `liveness` missed heartbeats", int) = 5
