@@ -8,14 +8,19 @@ gets close to the bound and tokenscale does not, the gap is foresight.
 
 The schedule, per second u, from the requests arriving at u and after:
 - prefillers: the most prefill work arriving in any window [u, u + w), w = 1 ... 64 s, per second
-  of w + the shortest TTFT, x margin;
+  of w + the shortest TTFT, x a prefill margin;
 - decoders: the KV reserved (input + output) by the requests decoding at u, at the profile's KV
-  capacity, x margin (decode lasts a TTFT + output x a 25-ms iteration, the reference decoder's
+  capacity, x a decode margin (decode lasts a TTFT + output x a 25-ms iteration, the reference decoder's
   at half its KV);
-- per level, a gap shorter than the model load is bridged (turning the level off and on again
-  would cost more), and each level is asked for one model load before it is needed. The what-if
-  profile has no queue wait: a clairvoyant knows when its job will start, so queueing costs it
-  nothing (the bound ignores queue waits for the same reason).
+- held at each second: the most needed over the next model load + 2 s, which asks for each
+  instance one load ahead (ready 2 s before it is needed) and keeps it across any gap shorter
+  than that (turning it off and on again would cost more). The what-if profile has no queue
+  wait: a clairvoyant knows when its job will start, so queueing costs it nothing (the bound
+  ignores queue waits for the same reason).
+
+It also prints how bursty each trace is: the prefill GPUs each aligned 2-s window's arrivals need
+(their prefill GPU-seconds / 2 s), and how often and how far apart runs of windows above 3 GPUs
+come.
 
     .venv/bin/python benchmarks/foresight.py --out docs/policies/foresight \\
         ../shared/traces/AzureLLMInferenceTrace_conv.csv ../shared/traces/AzureLLMInferenceTrace_code.csv
@@ -46,8 +51,9 @@ from tsslurm.sim.trace import Trace
 
 WINDOWS_S = (1, 2, 4, 8, 16, 32, 64)
 DECODE_ITERATION_S = 0.025
-MARGINS = (0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.9, 1.0, 1.1, 1.25)
-"""Multiples of the need each schedule holds: the clairvoyant's cost-SLO curve."""
+PREFILL_MARGINS = (0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.9, 1.0, 1.1, 1.25)
+DECODE_MARGINS = (0.8, 1.0, 1.2)
+"""Multiples of the need each schedule holds, every pair: the clairvoyant's cost-SLO points."""
 
 
 def prefill_need(trace: Trace, profile: Profile, seconds: int) -> np.ndarray:
@@ -74,38 +80,44 @@ def decode_need(trace: Trace, profile: Profile, seconds: int) -> np.ndarray:
     reserved = (trace.input_tokens + trace.output_tokens).astype(np.float64)
     delta = np.zeros(seconds + 1)
     np.add.at(delta, np.minimum(start.astype(np.int64), seconds), reserved)
-    np.add.at(delta, np.minimum(np.ceil(end).astype(np.int64) + 1, seconds), -reserved)
+    np.add.at(delta, np.minimum(np.ceil(end).astype(np.int64), seconds), -reserved)
     return np.cumsum(delta)[:seconds] / capacity
 
 
-def bridged(levels: np.ndarray, load_s: float) -> np.ndarray:
-    """Integer levels with, per level, every gap shorter than the model load kept on."""
-    out = levels.copy()
-    for level in range(1, int(levels.max(initial=0)) + 1):
-        on = np.flatnonzero(levels >= level)
-        for left, right in itertools.pairwise(on):
-            if 1 < right - left <= load_s:
-                out[left:right] = np.maximum(out[left:right], level)
-    return out
-
-
-def asked(levels: np.ndarray, lead_s: int) -> np.ndarray:
+def held(levels: np.ndarray, lead_s: int) -> np.ndarray:
     """What to hold at each second: the most needed over the next lead_s seconds."""
     padded = np.concatenate([levels, np.zeros(lead_s, dtype=levels.dtype)])
     windows = np.lib.stride_tricks.sliding_window_view(padded, lead_s + 1)
     return windows.max(axis=1)
 
 
-def schedule(trace: Trace, profile: Profile, margin: float) -> dict[str, np.ndarray]:
+def schedule(trace: Trace, profile: Profile, prefill_margin: float,
+             decode_margin: float) -> dict[str, np.ndarray]:
     seconds = math.ceil(trace.arrival_s[-1]) + 600
-    load_s = profile.partitions[0].model_load_s
-    lead = math.ceil(load_s) + 2
+    lead = math.ceil(profile.partitions[0].model_load_s) + 2
     plan = {}
-    for role, need in (("prefill", prefill_need(trace, profile, seconds)),
-                       ("decode", decode_need(trace, profile, seconds))):
-        levels = np.ceil(need * margin - 1e-9).astype(np.int64)
-        plan[role] = asked(bridged(levels, load_s), lead)
+    for role, need in (("prefill", prefill_need(trace, profile, seconds) * prefill_margin),
+                       ("decode", decode_need(trace, profile, seconds) * decode_margin)):
+        plan[role] = held(np.ceil(need - 1e-9).astype(np.int64), lead)
     return plan
+
+
+def bursts(trace: Trace, profile: Profile, window_s: float = 2.0, above: float = 3.0) -> str:
+    """How bursty the trace's prefill is (see the module docstring)."""
+    velocity = profile.partitions[0].velocities.prefill_tokens_per_s
+    window = (trace.arrival_s // window_s).astype(np.int64)
+    gpus = np.bincount(window, weights=trace.input_tokens / velocity) / window_s
+    hot = np.flatnonzero(gpus > above)
+    if not len(hot):
+        return f"no {window_s:g}-s window needs more than {above:g} GPUs of prefill"
+    starts = hot[np.concatenate([[True], np.diff(hot) > 1])] * window_s
+    gaps = np.diff(starts)
+    hours = max(float(trace.arrival_s[-1]), window_s) / 3600.0
+    spread = (f"; gaps between runs: median {np.median(gaps):.0f} s, 10-90 % "
+              f"{np.percentile(gaps, 10):.0f}-{np.percentile(gaps, 90):.0f} s" if len(gaps) else "")
+    return (f"{window_s:g}-s windows need up to {gpus.max():.1f} GPUs of prefill (mean "
+            f"{gpus.mean():.2f}); {len(hot)} need more than {above:g}, in {len(starts)} runs "
+            f"({len(starts) / hours:.0f} an hour){spread}")
 
 
 @cache
@@ -129,22 +141,22 @@ def without_queue_wait(profile: Profile) -> Profile:
 
 
 def scenario_rows(label: str, trace: Trace, base: Profile, scratch: Path) -> list[dict]:
-    """tokenscale and the clairvoyant at every margin, on one trace, from a cold start."""
+    """tokenscale and the clairvoyant at every pair of margins, on one trace, from a cold start."""
     bound = oracle_bounds(trace, base)["oracle_startup"]["gpu_hours"]
     clairvoyant_profile = without_queue_wait(base)
     runs = [("tokenscale", "tokenscale", base)]
-    for margin in MARGINS:
-        plan_file = scratch / f"{label.replace(' ', '_')}-{margin}.npz"
-        np.savez(plan_file, **schedule(trace, base, margin))
-        runs.append((f"clairvoyant x{margin:.2f}", f"foresight:decide@schedule={plan_file}",
-                     clairvoyant_profile))
+    for prefill, decode in itertools.product(PREFILL_MARGINS, DECODE_MARGINS):
+        plan_file = scratch / f"{label.replace(' ', '_')}-{prefill}-{decode}.npz"
+        np.savez(plan_file, **schedule(trace, base, prefill, decode))
+        runs.append((f"clairvoyant P x{prefill:.2f} D x{decode:.2f}",
+                     f"foresight:decide@schedule={plan_file}", clairvoyant_profile))
     rows = []
     for name, ref, profile in runs:
         figures = run_policy(trace, profile, ref, 0, config=SimConfig()).figures
         rows.append({"scenario": label, "schedule": name, "slo": figures["slo_attainment"],
                      "gpu_hours": figures["gpu_hours"], "oracle_startup": bound,
                      "x_oracle_startup": round(figures["gpu_hours"] / bound, 3)})
-        print(f"{label:14s} {name:18s} SLO {rows[-1]['slo']:.4f}  GPU-h "
+        print(f"{label:14s} {name:28s} SLO {rows[-1]['slo']:.4f}  GPU-h "
               f"{rows[-1]['gpu_hours']:7.3f}  x oracle_startup {rows[-1]['x_oracle_startup']:5.2f}",
               flush=True)
     return rows
@@ -189,6 +201,7 @@ def main() -> None:
             trace, _ = prepare_trace(SimulateArgs(trace=path, profile=args.profile, policy="",
                                                   json_out=Path("-"), peak_instances=peak), base)
             label = f"{Path(path).stem.split('_')[-1]} {'peak 16' if peak else 'scale 1'}"
+            print(f"{label}: {bursts(trace, base)}", flush=True)
             scenario = scenario_rows(label, trace, base, scratch)
             rows += scenario
             lines.append(summary_line(scenario))
