@@ -168,9 +168,7 @@ class StateDir:
         return path
 
     def write_connection(self, connection: Connection) -> None:
-        temporary = self.connection_file.with_suffix(".tmp")
-        _write_private(temporary, msgspec.json.encode(connection).decode() + "\n")
-        temporary.replace(self.connection_file)
+        write_atomically(self.connection_file, msgspec.json.encode(connection) + b"\n")
 
     def read_connection(self) -> Connection:
         return read_connection_file(self.connection_file)
@@ -240,6 +238,15 @@ def _certificate_text(public: bytes, secret: bytes | None) -> str:
     if secret is not None:
         lines.append(f'    secret-key = "{secret.decode()}"')
     return "\n".join(lines) + "\n"
+
+
+def write_atomically(file: Path, data: bytes) -> None:
+    """Replace `file` (0600) in one step: a reader sees the old content or the new, never half."""
+    temporary = file.with_name(file.name + ".tmp")
+    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(descriptor, "wb") as handle:
+        handle.write(data)
+    temporary.replace(file)
 
 
 def _write_private(file: Path, text: str) -> None:

@@ -44,6 +44,7 @@ from tsslurm.policy.reconcile import role_velocity
 from tsslurm.policy.runner import PolicyRunner
 from tsslurm.policy.snapshot import Cancel, Drain, Snapshot, Submit
 from tsslurm.profile.schema import Profile
+from tsslurm.statedir import write_atomically
 
 log = logging.getLogger("tsslurm.autoscaler")
 
@@ -63,9 +64,7 @@ class Control(msgspec.Struct, frozen=True):
 
 
 def write_control(root: Path, control: Control) -> None:
-    temporary = root / (CONTROL_FILE + ".tmp")
-    temporary.write_bytes(msgspec.json.encode(control))
-    temporary.replace(root / CONTROL_FILE)
+    write_atomically(root / CONTROL_FILE, msgspec.json.encode(control))
 
 
 def withdraw_handover(root: Path) -> None:

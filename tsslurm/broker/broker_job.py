@@ -22,6 +22,7 @@ from tsslurm.errors import UserError
 from tsslurm.profile.schema import Partition
 from tsslurm.slurm.adapter import SlurmAdapter
 from tsslurm.slurm.render import JobSpec
+from tsslurm.statedir import write_atomically
 
 BROKER_JOB_FILE = "broker-job.json"
 TAKE_OVER_FLAG = "--take-over"
@@ -53,9 +54,7 @@ def read(root: Path) -> BrokerJob | None:
 
 
 def write(root: Path, job: BrokerJob) -> None:
-    temporary = root / (BROKER_JOB_FILE + ".tmp")
-    temporary.write_bytes(msgspec.json.encode(job))
-    temporary.replace(root / BROKER_JOB_FILE)
+    write_atomically(root / BROKER_JOB_FILE, msgspec.json.encode(job))
 
 
 def adapter_for(job: BrokerJob) -> SlurmAdapter:

@@ -10,12 +10,13 @@ The file carries `updated_at`, so a reader knows how fresh it is. Pure except re
 
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 from typing import Any
 
 import msgspec
+
+from tsslurm.statedir import write_atomically
 
 STATUS_FILE = "status.json"
 
@@ -95,11 +96,7 @@ class Status(msgspec.Struct, frozen=True, kw_only=True):
 
 
 def write_status(root: Path, status: Status) -> None:
-    temporary = root / (STATUS_FILE + ".tmp")
-    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(descriptor, "wb") as handle:
-        handle.write(msgspec.json.encode(status))
-    temporary.replace(root / STATUS_FILE)
+    write_atomically(root / STATUS_FILE, msgspec.json.encode(status))
 
 
 def read_status(root: Path) -> Status | None:

@@ -20,7 +20,7 @@ import msgspec
 from tsslurm.errors import UserError
 from tsslurm.gateway.keys import create_key, keys_file
 from tsslurm.gateway.service import Gateway, GatewaySettings
-from tsslurm.statedir import StateDir
+from tsslurm.statedir import StateDir, write_atomically
 
 INFO_FILE = "gateway.json"
 
@@ -60,7 +60,7 @@ def serve_gateway(settings: GatewaySettings, host: str = "127.0.0.1", port: int 
                        port=listener.getsockname()[1], pid=os.getpid(),
                        model=gateway.limits.model, started_at=time.time())
     state = StateDir.open(settings.state_dir)
-    _write_private(state.root / INFO_FILE, msgspec.json.encode(info) + b"\n")
+    write_atomically(state.root / INFO_FILE, msgspec.json.encode(info) + b"\n")
     config = uvicorn.Config(RawSend(create_app(gateway)), log_level=log_level.lower(), access_log=False,
                             lifespan="on", timeout_graceful_shutdown=5, server_header=False)
     previous = signal.signal(signal.SIGTERM, _stopped)  # uvicorn re-raises it once shut down
@@ -151,14 +151,6 @@ def _listen(host: str, port: int) -> socket.socket:
 
 def _url(host: str, port: int) -> str:
     return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
-
-
-def _write_private(file: Path, data: bytes) -> None:
-    temporary = file.with_suffix(".tmp")
-    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(descriptor, "wb") as handle:
-        handle.write(data)
-    temporary.replace(file)
 
 
 def _remove_info(file: Path, pid: int) -> None:
